@@ -1,0 +1,225 @@
+#include "http_sender.hpp"
+
+#include <curl/curl.h>
+#include <poll.h>
+
+#include <chrono>
+#include <stdexcept>
+
+namespace bunce {
+
+int64_t monotonic_us() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+struct HttpSender::Transfer {
+    CURL *easy = nullptr;
+    curl_slist *headers = nullptr;
+    HttpAnswer answer;
+    std::string body;  // must outlive the transfer: libcurl does not copy POSTFIELDS
+    char error[CURL_ERROR_SIZE];
+
+    ~Transfer() {
+        curl_slist_free_all(headers);
+        if (easy) curl_easy_cleanup(easy);
+    }
+
+    static size_t on_body(char *data, size_t size, size_t n, void *self) {
+        auto *t = static_cast<Transfer *>(self);
+        constexpr size_t max = 64 * 1024;  // Bunce answers are small; never hoard a big one
+        if (t->answer.body.size() < max)
+            t->answer.body.append(data, std::min(size * n, max - t->answer.body.size()));
+        return size * n;
+    }
+
+    static size_t on_header(char *data, size_t size, size_t n, void *self) {
+        auto *t = static_cast<Transfer *>(self);
+        std::string line(data, size * n);
+        const std::string name = "retry-after:";
+        if (line.size() > name.size()) {
+            bool match = true;
+            for (size_t i = 0; i < name.size() && match; i++)
+                match = std::tolower(static_cast<unsigned char>(line[i])) == name[i];
+            if (match) {
+                line.erase(0, name.size());
+                while (!line.empty() && (line.back() == '\r' || line.back() == '\n'))
+                    line.pop_back();
+                t->answer.retry_after = line;
+            }
+        }
+        return size * n;
+    }
+};
+
+namespace {
+struct CurlGlobal {
+    CurlGlobal() {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            throw std::runtime_error("could not initialise libcurl");
+    }
+};
+}  // namespace
+
+HttpSender::HttpSender() {
+    static CurlGlobal global;
+    multi_ = curl_multi_init();
+    if (!multi_) throw std::runtime_error("could not create a libcurl multi handle");
+    curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &HttpSender::socket_cb);
+    curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+    curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &HttpSender::timer_cb);
+    curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
+    // One connection per request in flight, kept alive between requests.
+    curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+    curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, 256L);
+}
+
+HttpSender::~HttpSender() {
+    // Transfers still running are abandoned: their events stay claimed in the outbox and
+    // are sent again after the restart that follows.
+    idle_.clear();
+    curl_multi_cleanup(multi_);
+}
+
+void HttpSender::configure(const SenderOptions &options) { options_ = options; }
+
+void HttpSender::submit(const HttpRequest &request) {
+    std::unique_ptr<Transfer> t;
+    if (!idle_.empty()) {
+        t = std::move(idle_.back());
+        idle_.pop_back();
+        curl_easy_reset(t->easy);
+        curl_slist_free_all(t->headers);
+        t->headers = nullptr;
+    } else {
+        t = std::make_unique<Transfer>();
+        t->easy = curl_easy_init();
+        if (!t->easy) throw std::runtime_error("could not create a libcurl handle");
+    }
+    t->answer = HttpAnswer{request.id, 0, {}, {}, {}, 0};
+    t->body = request.body;
+    t->error[0] = '\0';
+
+    auto add = [&](const std::string &h) {
+        curl_slist *l = curl_slist_append(t->headers, h.c_str());
+        if (!l) throw std::bad_alloc();
+        t->headers = l;
+    };
+    add("Content-Type: application/json");
+    add("Accept: application/json");
+    add("X-Authorization: " + options_.api_key);
+    add("Idempotency-Key: " + request.idempotency_key);
+    add("Expect:");  // no 100-continue round trip
+
+    CURL *e = t->easy;
+    curl_easy_setopt(e, CURLOPT_URL, options_.url.c_str());
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->body.data());
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->body.size()));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, options_.timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, std::min(options_.timeout_ms, 10000L));
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);  // never SIGALRM inside a PostgreSQL process
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (!options_.ca_file.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, options_.ca_file.c_str());
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Transfer::on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Transfer::on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, t.get());
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, t.get());
+
+    if (curl_multi_add_handle(multi_, e) != CURLM_OK)
+        throw std::runtime_error("could not start a request");
+    t.release();  // owned by the multi handle until collect() takes it back
+    in_flight_++;
+}
+
+int HttpSender::socket_cb(void *, int fd, int what, void *self, void *) {
+    auto *s = static_cast<HttpSender *>(self);
+    if (what == CURL_POLL_REMOVE)
+        s->sockets_.erase(fd);
+    else
+        s->sockets_[fd] = {what == CURL_POLL_IN || what == CURL_POLL_INOUT,
+                           what == CURL_POLL_OUT || what == CURL_POLL_INOUT};
+    return 0;
+}
+
+int HttpSender::timer_cb(void *, long timeout_ms, void *self) {
+    auto *s = static_cast<HttpSender *>(self);
+    s->deadline_us_ = timeout_ms < 0 ? -1 : monotonic_us() + timeout_ms * 1000;
+    return 0;
+}
+
+long HttpSender::timeout_ms() const {
+    if (deadline_us_ < 0) return -1;
+    const int64_t left = deadline_us_ - monotonic_us();
+    return left <= 0 ? 0 : static_cast<long>((left + 999) / 1000);
+}
+
+void HttpSender::on_socket(int fd, bool readable, bool writable, bool error) {
+    int mask = (readable ? CURL_CSELECT_IN : 0) | (writable ? CURL_CSELECT_OUT : 0) |
+               (error ? CURL_CSELECT_ERR : 0);
+    int running = 0;
+    curl_multi_socket_action(multi_, fd, mask, &running);
+    collect();
+}
+
+void HttpSender::on_timeout() {
+    if (timeout_ms() != 0) return;
+    deadline_us_ = -1;
+    int running = 0;
+    curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
+    collect();
+}
+
+void HttpSender::poll(long max_wait_ms) {
+    std::vector<pollfd> fds;
+    for (const auto &[fd, want] : sockets_)
+        fds.push_back({fd, static_cast<short>((want.read ? POLLIN : 0) | (want.write ? POLLOUT : 0)), 0});
+    long wait = timeout_ms();
+    if (wait < 0 || wait > max_wait_ms) wait = max_wait_ms;
+    int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait));
+    for (int i = 0; n > 0 && i < static_cast<int>(fds.size()); i++)
+        if (fds[i].revents)
+            on_socket(fds[i].fd, fds[i].revents & POLLIN, fds[i].revents & POLLOUT,
+                      fds[i].revents & (POLLERR | POLLHUP));
+    on_timeout();
+}
+
+void HttpSender::collect() {
+    int left = 0;
+    while (CURLMsg *msg = curl_multi_info_read(multi_, &left)) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        Transfer *raw = nullptr;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, reinterpret_cast<char **>(&raw));
+        std::unique_ptr<Transfer> t(raw);
+        const CURLcode result = msg->data.result;
+        curl_multi_remove_handle(multi_, t->easy);
+        in_flight_--;
+        if (result == CURLE_OK) {
+            curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->answer.status);
+        } else {
+            t->answer.status = 0;
+            t->answer.error = t->error[0] ? t->error : curl_easy_strerror(result);
+        }
+        curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &t->answer.seconds);
+        answers_.push_back(std::move(t->answer));
+        t->body.clear();
+        idle_.push_back(std::move(t));
+    }
+}
+
+std::vector<HttpAnswer> HttpSender::take_answers() {
+    std::vector<HttpAnswer> out;
+    out.swap(answers_);
+    return out;
+}
+
+}  // namespace bunce

@@ -1,0 +1,87 @@
+// Parallel HTTP POSTs to Bunce through libcurl's multi interface: keep-alive connections,
+// up to max_in_flight requests at once, each bounded by a timeout, answers collected as
+// data. The caller owns the event loop: it asks which sockets to watch and for how long,
+// and reports readiness back, so the worker can wait on its latch and the sockets at once.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bunce {
+
+struct HttpRequest {
+    int64_t id;  // outbox id, handed back with the answer
+    std::string body;
+    std::string idempotency_key;
+};
+
+struct HttpAnswer {
+    int64_t id;
+    long status;             // 0: no HTTP answer (see error)
+    std::string body;
+    std::string retry_after;  // the Retry-After header, if any
+    std::string error;        // transport error (timeout, refused, dropped), if any
+    double seconds;           // time the request took
+};
+
+struct SenderOptions {
+    std::string url;  // full URL of POST /events/trigger
+    std::string api_key;
+    std::string user_agent;
+    std::string ca_file;  // empty: the system's CA store
+    long timeout_ms = 10000;
+};
+
+class HttpSender {
+public:
+    HttpSender();
+    ~HttpSender();
+    HttpSender(const HttpSender &) = delete;
+    HttpSender &operator=(const HttpSender &) = delete;
+
+    // Applies to requests submitted from now on.
+    void configure(const SenderOptions &options);
+
+    void submit(const HttpRequest &request);
+    size_t in_flight() const { return in_flight_; }
+
+    struct SocketInterest {
+        bool read;
+        bool write;
+    };
+    // The sockets libcurl wants watched, by file descriptor.
+    const std::map<int, SocketInterest> &sockets() const { return sockets_; }
+    // Milliseconds until libcurl needs on_timeout() (-1: no deadline).
+    long timeout_ms() const;
+
+    void on_socket(int fd, bool readable, bool writable, bool error);
+    void on_timeout();
+
+    // Waits up to max_wait_ms on the sockets itself (for tools without a latch).
+    void poll(long max_wait_ms);
+
+    // Answers completed since the last call.
+    std::vector<HttpAnswer> take_answers();
+
+private:
+    struct Transfer;
+    void collect();
+    static int socket_cb(void *easy, int fd, int what, void *self, void *socketp);
+    static int timer_cb(void *multi, long timeout_ms, void *self);
+
+    void *multi_;
+    SenderOptions options_;
+    std::map<int, SocketInterest> sockets_;
+    int64_t deadline_us_ = -1;  // monotonic time of libcurl's next timeout
+    size_t in_flight_ = 0;
+    std::vector<std::unique_ptr<Transfer>> idle_;  // finished transfers, handles kept for reuse
+    std::vector<HttpAnswer> answers_;
+};
+
+// Monotonic clock in microseconds.
+int64_t monotonic_us();
+
+}  // namespace bunce

@@ -1,0 +1,24 @@
+// The rules Bunce applies to POST /v1/events/trigger payloads, checked before an event is
+// enqueued so that a bad payload fails in the caller's transaction instead of at delivery.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace bunce {
+
+struct PreparedPayload {
+    bool changed;      // false: the input is already right, send it as it is
+    std::string json;  // when changed: the payload to send, serialised
+};
+
+// Validates a payload (a JSON object with "email" or a "customer" object, see bunce-api.md)
+// and normalises it: every date-time string with an offset becomes YYYY-MM-DDTHH:MM:SSZ in
+// UTC, a numeric customer_id becomes a string. Throws InvalidJson or InvalidPayload.
+PreparedPayload prepare_payload(std::string_view json_text);
+
+// A pragmatic address check: local@domain.tld, no spaces, sane length. Bunce's own check is
+// not documented; this refuses what is certainly wrong and nothing plausible.
+bool is_valid_email(std::string_view email);
+
+}  // namespace bunce
