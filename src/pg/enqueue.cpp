@@ -1,0 +1,663 @@
+// Everything that happens inside the user's transaction: bunce_trigger(event_id, payload),
+// the generic trigger bunce_trigger(event_id [, mapping]), and the outbox insert they share.
+// No network, no extra locks: one validation pass and one insert per event.
+#include <cstring>
+
+#include "guard.hpp"
+#include "bunce_pg.hpp"
+#include "mapping.hpp"
+#include "payload.hpp"
+
+extern "C" {
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/uuid.h"
+
+PGDLLEXPORT Datum bunce_trigger_enqueue(PG_FUNCTION_ARGS);
+PGDLLEXPORT Datum bunce_trigger_row(PG_FUNCTION_ARGS);
+PGDLLEXPORT Datum bunce_notify_enqueued(PG_FUNCTION_ARGS);
+PG_FUNCTION_INFO_V1(bunce_trigger_enqueue);
+PG_FUNCTION_INFO_V1(bunce_trigger_row);
+PG_FUNCTION_INFO_V1(bunce_notify_enqueued);
+}
+
+namespace bunce_pg {
+
+/* ---------------------------------------------------------------------------------------
+ * Wake on commit. Each transaction counts what it enqueued (undoing what an aborted
+ * subtransaction enqueued); at commit the count goes to shared memory and the worker's latch
+ * is set, so delivery starts at once instead of at the next poll.
+ */
+namespace {
+
+int64 xact_enqueued = 0;
+int64 *sub_saved = nullptr;  // xact_enqueued at the start of each open subtransaction
+int sub_depth = 0;
+int sub_capacity = 0;
+
+void xact_callback(XactEvent event, void *) {
+    if (event == XACT_EVENT_COMMIT && xact_enqueued > 0 && shared) {
+        pg_atomic_fetch_add_u64(&shared->committed, static_cast<uint64>(xact_enqueued));
+        SpinLockAcquire(&shared->mutex);
+        Latch *latch = shared->worker_latch;
+        SpinLockRelease(&shared->mutex);
+        if (latch) SetLatch(latch);
+    }
+    if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+        event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT) {
+        xact_enqueued = 0;
+        sub_depth = 0;
+    }
+}
+
+void subxact_callback(SubXactEvent event, SubTransactionId, SubTransactionId, void *) {
+    if (event == SUBXACT_EVENT_START_SUB) {
+        if (sub_depth == sub_capacity) {
+            sub_capacity = sub_capacity ? sub_capacity * 2 : 16;
+            sub_saved = static_cast<int64 *>(
+                sub_saved ? repalloc(sub_saved, sizeof(int64) * sub_capacity)
+                          : MemoryContextAlloc(TopMemoryContext, sizeof(int64) * sub_capacity));
+        }
+        sub_saved[sub_depth++] = xact_enqueued;
+    } else if (event == SUBXACT_EVENT_COMMIT_SUB && sub_depth > 0) {
+        sub_depth--;
+    } else if (event == SUBXACT_EVENT_ABORT_SUB && sub_depth > 0) {
+        xact_enqueued = sub_saved[--sub_depth];
+    }
+}
+
+}  // namespace
+
+void register_xact_callbacks() {
+    RegisterXactCallback(xact_callback, nullptr);
+    RegisterSubXactCallback(subxact_callback, nullptr);
+}
+
+void note_enqueued() { xact_enqueued++; }
+
+namespace {
+
+/* ---------------------------------------------------------------------------------------
+ * The outbox insert. A direct heap insert with index maintenance, as COPY does: no SPI, no
+ * plan, no per-call parsing. The caller's privileges are not checked on bunce.outbox: the
+ * right to enqueue is EXECUTE on bunce_trigger.
+ */
+enum OutboxColumn {
+    COL_ID, COL_EVENT_ID, COL_PAYLOAD, COL_IDEMPOTENCY_KEY, COL_ENQUEUED_AT, COL_NEXT_ATTEMPT_AT,
+    COL_ATTEMPTS, COL_SENDING_SINCE, COL_FIRST_ATTEMPT_AT, COL_LAST_STATUS, COL_LAST_ERROR,
+    COL_POSSIBLE_DUPLICATE, OUTBOX_NATTS
+};
+const char *const outbox_columns[OUTBOX_NATTS] = {
+    "id", "event_id", "payload", "idempotency_key", "enqueued_at", "next_attempt_at",
+    "attempts", "sending_since", "first_attempt_at", "last_status", "last_error",
+    "possible_duplicate"};
+
+Oid checked_outbox = InvalidOid;  // outbox whose definition was found as expected
+
+struct OutboxWriter {
+    Relation rel;
+    Oid seq;
+    EState *estate;
+    ResultRelInfo *rri;
+    TupleTableSlot *slot;
+    BulkInsertState bistate;
+};
+
+Oid bunce_namespace() {
+    Oid nsp = get_namespace_oid("bunce", true);
+    if (!OidIsValid(nsp))
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("extension \"bunce\" is not installed in this database"),
+                        errhint("Run CREATE EXTENSION bunce.")));
+    return nsp;
+}
+
+void check_writable(const char *what) {
+    if (XactReadOnly || RecoveryInProgress())
+        ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+                        errmsg("cannot enqueue a bunce event in a read-only transaction"),
+                        errhint("%s must run where the business write runs: on the primary, in a "
+                                "read-write transaction.", what)));
+}
+
+void outbox_open(OutboxWriter *w, bool bulk) {
+    Oid nsp = bunce_namespace();
+    Oid relid = get_relname_relid("outbox", nsp);
+    w->seq = get_relname_relid("event_id_seq", nsp);
+    if (!OidIsValid(relid) || !OidIsValid(w->seq))
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("bunce.outbox is missing"),
+                        errhint("Reinstall the extension: DROP EXTENSION bunce; CREATE EXTENSION bunce.")));
+    w->rel = table_open(relid, RowExclusiveLock);
+    if (relid != checked_outbox) {
+        TupleDesc desc = RelationGetDescr(w->rel);
+        bool ok = desc->natts == OUTBOX_NATTS;
+        for (int i = 0; ok && i < OUTBOX_NATTS; i++)
+            ok = !TupleDescAttr(desc, i)->attisdropped &&
+                 strcmp(NameStr(TupleDescAttr(desc, i)->attname), outbox_columns[i]) == 0;
+        if (!ok)
+            ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                            errmsg("bunce.outbox does not have the columns this version of bunce expects"),
+                            errhint("Run ALTER EXTENSION bunce UPDATE.")));
+        checked_outbox = relid;
+    }
+    w->estate = CreateExecutorState();
+    w->rri = makeNode(ResultRelInfo);
+    InitResultRelInfo(w->rri, w->rel, 1, nullptr, 0);
+    ExecOpenIndices(w->rri, false);
+    w->slot = MakeSingleTupleTableSlot(RelationGetDescr(w->rel), &TTSOpsVirtual);
+    w->bistate = bulk ? GetBulkInsertState() : nullptr;
+}
+
+Datum random_uuid() {
+    auto *u = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
+    if (!pg_strong_random(u->data, UUID_LEN))
+        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not generate random values")));
+    u->data[6] = (u->data[6] & 0x0f) | 0x40;  // version 4
+    u->data[8] = (u->data[8] & 0x3f) | 0x80;  // RFC 4122 variant
+    return UUIDPGetDatum(u);
+}
+
+int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
+    TupleTableSlot *slot = w->slot;
+    ExecClearTuple(slot);
+    const int64 id = nextval_internal(w->seq, false);
+    const TimestampTz now = GetCurrentTransactionStartTimestamp();
+    Datum *v = slot->tts_values;
+    bool *n = slot->tts_isnull;
+    for (int i = 0; i < OUTBOX_NATTS; i++) n[i] = true;
+    auto set = [&](int i, Datum d) {
+        v[i] = d;
+        n[i] = false;
+    };
+    set(COL_ID, Int64GetDatum(id));
+    set(COL_EVENT_ID, event_id);
+    set(COL_PAYLOAD, payload);
+    set(COL_IDEMPOTENCY_KEY, random_uuid());
+    set(COL_ENQUEUED_AT, TimestampTzGetDatum(now));
+    set(COL_NEXT_ATTEMPT_AT, TimestampTzGetDatum(now));
+    set(COL_ATTEMPTS, Int32GetDatum(0));
+    set(COL_POSSIBLE_DUPLICATE, BoolGetDatum(false));
+    ExecStoreVirtualTuple(slot);
+    table_tuple_insert(w->rel, slot, GetCurrentCommandId(true), 0, w->bistate);
+    ExecInsertIndexTuples(w->rri, slot, w->estate, false, false, nullptr, NIL);
+    ResetPerTupleExprContext(w->estate);
+    note_enqueued();
+    return id;
+}
+
+void outbox_close(OutboxWriter *w) {
+    if (w->bistate) FreeBulkInsertState(w->bistate);
+    ExecDropSingleTupleTableSlot(w->slot);
+    ExecCloseIndices(w->rri);
+    FreeExecutorState(w->estate);
+    table_close(w->rel, NoLock);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Validation, and bunce.on_invalid.
+ */
+
+// Validates and normalises payload JSON text. Returns the jsonb to store, or (Datum) 0 with
+// err filled in. `original` is the caller's jsonb, reused when nothing changed.
+Datum prepare(const char *text, Datum original, CoreError &err) {
+    bool changed = false;
+    char *normalised = nullptr;
+    if (!guarded(err, [&] {
+            bunce::PreparedPayload p = bunce::prepare_payload(text);
+            changed = p.changed;
+            if (changed) normalised = pstrdup_nothrow(p.json.data(), p.json.size());
+        }))
+        return static_cast<Datum>(0);
+    if (!changed && original != static_cast<Datum>(0)) return original;
+    return DirectFunctionCall1(jsonb_in, CStringGetDatum(changed ? normalised : text));
+}
+
+// A refused event: an ERROR, or with bunce.on_invalid = dead_letter a row in
+// bunce.dead_letters and a WARNING, so the business write goes through. Returns the id.
+int64 refuse(const CoreError &err, const char *context, Datum event_id, bool event_null,
+             const char *payload_text) {
+    if (on_invalid == ON_INVALID_ERROR) raise(err, context);
+
+    bunce_namespace();
+    const char *sql =
+        "INSERT INTO bunce.dead_letters (id, event_id, payload, idempotency_key, reason, message, "
+        "attempts, enqueued_at) VALUES (nextval('bunce.event_id_seq'), $1, $2, "
+        "gen_random_uuid(), 'invalid', $3, 0, now()) RETURNING id";
+    Oid types[3] = {UUIDOID, JSONBOID, TEXTOID};
+    Datum values[3];
+    char nulls[3] = {' ', ' ', ' '};
+    values[0] = event_id;
+    if (event_null) nulls[0] = 'n';
+    // Keep what was given, even when it is not JSON, so nothing is lost.
+    if (!payload_text) {
+        nulls[1] = 'n';
+    } else {
+        values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(
+            err.sqlstate == ERRCODE_INVALID_TEXT_REPRESENTATION
+                ? psprintf("{\"unparsed\": %s}", quote_literal_cstr(payload_text))
+                : payload_text));
+    }
+    StringInfoData message;
+    initStringInfo(&message);
+    if (context) appendStringInfo(&message, "%s: ", context);
+    appendStringInfoString(&message, err.message);
+    values[2] = CStringGetTextDatum(message.data);
+
+    SPI_connect();
+    if (SPI_execute_with_args(sql, 3, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+        elog(ERROR, "could not insert into bunce.dead_letters");
+    bool isnull;
+    int64 id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    SPI_finish();
+    ereport(WARNING, (errcode(err.sqlstate), errmsg("bunce event refused and kept as dead letter %lld",
+                                                    static_cast<long long>(id)),
+                      errdetail("%s", message.data),
+                      errhint("See bunce.dead_letters; bunce.on_invalid = dead_letter is in effect.")));
+    return id;
+}
+
+}  // namespace
+}  // namespace bunce_pg
+
+using namespace bunce_pg;
+
+Datum bunce_trigger_enqueue(PG_FUNCTION_ARGS) {
+    check_writable("bunce_trigger()");
+    if (PG_ARGISNULL(0) || PG_ARGISNULL(1)) {
+        CoreError err;
+        err.sqlstate = ERRCODE_NULL_VALUE_NOT_ALLOWED;
+        strlcpy(err.message, PG_ARGISNULL(0) ? "event_id must not be NULL" : "payload must not be NULL",
+                sizeof err.message);
+        strlcpy(err.hint, PG_ARGISNULL(0)
+                              ? "Pass the UUID of an event created in Bunce."
+                              : "Pass a jsonb object with \"email\" or \"customer\".",
+                sizeof err.hint);
+        char *text = PG_ARGISNULL(1) ? nullptr
+                                     : JsonbToCString(nullptr, &PG_GETARG_JSONB_P(1)->root, -1);
+        PG_RETURN_INT64(refuse(err, nullptr, PG_ARGISNULL(0) ? 0 : PG_GETARG_DATUM(0),
+                               PG_ARGISNULL(0), text));
+    }
+    Datum event_id = PG_GETARG_DATUM(0);
+    Jsonb *jb = PG_GETARG_JSONB_P(1);
+    char *text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+    CoreError err;
+    Datum payload = prepare(text, PointerGetDatum(jb), err);
+    if (err.failed) PG_RETURN_INT64(refuse(err, nullptr, event_id, false, text));
+
+    OutboxWriter w;
+    outbox_open(&w, false);
+    int64 id = outbox_insert(&w, event_id, payload);
+    outbox_close(&w);
+    PG_RETURN_INT64(id);
+}
+
+// Lets SQL code that moves events into the outbox (bunce.retry_dead_letters) count them
+// and wake the worker at commit, like bunce_trigger does.
+Datum bunce_notify_enqueued(PG_FUNCTION_ARGS) {
+    xact_enqueued += PG_GETARG_INT64(0);
+    PG_RETURN_VOID();
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The generic trigger. Its arguments are parsed and its columns looked up once per trigger
+ * and backend, kept until the table's relcache entry is invalidated (ALTER TABLE, CREATE OR
+ * REPLACE TRIGGER, ...).
+ */
+namespace {
+
+enum ValueKind { KIND_TEXT, KIND_BOOL, KIND_INT, KIND_NUMBER, KIND_TIMESTAMPTZ, KIND_TIMESTAMP,
+                 KIND_DATE, KIND_JSON, KIND_JSONB };
+
+struct Column {
+    AttrNumber attnum;
+    ValueKind kind;
+    FmgrInfo output;
+};
+
+// One item of the payload layout: a column under a key, or the start/end of a nested object.
+struct LayoutItem {
+    bunce::MappingItem::Kind kind;
+    char *key;
+    int column;  // index into TriggerSetup.columns (fields only)
+};
+
+struct TriggerSetup {
+    Oid trigger;  // hash key
+    Oid relid;
+    bool valid;
+    MemoryContext cxt;
+    pg_uuid_t event_id;
+    int nitems;
+    LayoutItem *items;
+    Column *columns;
+};
+
+HTAB *setups = nullptr;
+
+void invalidate_setups(Datum, Oid relid) {
+    if (!setups) return;
+    HASH_SEQ_STATUS it;
+    hash_seq_init(&it, setups);
+    while (auto *s = static_cast<TriggerSetup *>(hash_seq_search(&it)))
+        if (relid == InvalidOid || s->relid == relid) s->valid = false;
+}
+
+bool looks_like_uuid(const char *s) {
+    // The forms uuid_in accepts most commonly: 8-4-4-4-12 hex digits, or 32 in a row.
+    size_t len = strlen(s);
+    if (len != 36 && len != 32) return false;
+    for (size_t i = 0; i < len; i++) {
+        const bool dash = len == 36 && (i == 8 || i == 13 || i == 18 || i == 23);
+        if (dash ? s[i] != '-' : !isxdigit(static_cast<unsigned char>(s[i]))) return false;
+    }
+    return true;
+}
+
+ValueKind kind_of(Oid type) {
+    switch (getBaseType(type)) {
+        case BOOLOID: return KIND_BOOL;
+        case INT2OID: case INT4OID: case INT8OID: case OIDOID: return KIND_INT;
+        case FLOAT4OID: case FLOAT8OID: case NUMERICOID: return KIND_NUMBER;
+        case TIMESTAMPTZOID: return KIND_TIMESTAMPTZ;
+        case TIMESTAMPOID: return KIND_TIMESTAMP;
+        case DATEOID: return KIND_DATE;
+        case JSONOID: return KIND_JSON;
+        case JSONBOID: return KIND_JSONB;
+        default: return KIND_TEXT;
+    }
+}
+
+void add_column(TriggerSetup *s, Relation rel, AttrNumber attnum, int index) {
+    Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+    Column *c = &s->columns[index];
+    c->attnum = attnum;
+    c->kind = kind_of(att->atttypid);
+    Oid out;
+    bool varlena;
+    getTypeOutputInfo(att->atttypid, &out, &varlena);
+    fmgr_info_cxt(out, &c->output, s->cxt);
+}
+
+TriggerSetup *trigger_setup(TriggerData *td) {
+    Trigger *tg = td->tg_trigger;
+    Relation rel = td->tg_relation;
+    if (!setups) {
+        HASHCTL ctl;
+        memset(&ctl, 0, sizeof ctl);
+        ctl.keysize = sizeof(Oid);
+        ctl.entrysize = sizeof(TriggerSetup);
+        setups = hash_create("bunce trigger setups", 16, &ctl, HASH_ELEM | HASH_BLOBS);
+        CacheRegisterRelcacheCallback(invalidate_setups, 0);
+    }
+    bool found;
+    auto *s = static_cast<TriggerSetup *>(hash_search(setups, &tg->tgoid, HASH_ENTER, &found));
+    if (found && s->valid) return s;
+    if (found) MemoryContextDelete(s->cxt);
+    s->valid = false;
+    s->cxt = AllocSetContextCreate(CacheMemoryContext, "bunce trigger setup", ALLOCSET_SMALL_SIZES);
+    s->relid = RelationGetRelid(rel);
+    s->nitems = 0;
+
+    const char *table = RelationGetRelationName(rel);
+    if (tg->tgnargs < 1 || tg->tgnargs > 2)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("trigger \"%s\" on table \"%s\": bunce_trigger() takes an event id and an optional mapping, got %d arguments",
+                               tg->tgname, table, tg->tgnargs),
+                        errhint("EXECUTE FUNCTION bunce_trigger('<event uuid>', '{\"email\": \"email_column\"}')")));
+    if (!looks_like_uuid(tg->tgargs[0]))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+                        errmsg("trigger \"%s\" on table \"%s\": event id \"%s\" is not a valid UUID",
+                               tg->tgname, table, tg->tgargs[0]),
+                        errhint("The first argument is the id of an event created in Bunce.")));
+    memcpy(&s->event_id, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(tg->tgargs[0]))),
+           sizeof(pg_uuid_t));
+
+    MemoryContext old = MemoryContextSwitchTo(s->cxt);
+    TupleDesc desc = RelationGetDescr(rel);
+    if (tg->tgnargs == 1) {
+        // No mapping: every column under its own name.
+        int ncols = 0;
+        for (int i = 0; i < desc->natts; i++) ncols += !TupleDescAttr(desc, i)->attisdropped;
+        s->items = static_cast<LayoutItem *>(palloc(sizeof(LayoutItem) * ncols));
+        s->columns = static_cast<Column *>(palloc(sizeof(Column) * ncols));
+        for (int i = 0; i < desc->natts; i++) {
+            Form_pg_attribute att = TupleDescAttr(desc, i);
+            if (att->attisdropped) continue;
+            s->items[s->nitems] = {bunce::MappingItem::field, pstrdup(NameStr(att->attname)), s->nitems};
+            add_column(s, rel, att->attnum, s->nitems);
+            s->nitems++;
+        }
+    } else {
+        CoreError err;
+        const char *mapping = tg->tgargs[1];
+        int nitems = 0;
+        LayoutItem *items = nullptr;
+        char **columns = nullptr;
+        guarded(err, [&] {
+            std::vector<bunce::MappingItem> parsed = bunce::parse_mapping(mapping);
+            items = static_cast<LayoutItem *>(palloc_extended(sizeof(LayoutItem) * parsed.size(), MCXT_ALLOC_NO_OOM));
+            columns = static_cast<char **>(palloc_extended(sizeof(char *) * parsed.size(), MCXT_ALLOC_NO_OOM));
+            if (!items || !columns) throw std::bad_alloc();
+            for (const auto &p : parsed) {
+                items[nitems] = {p.kind, pstrdup_nothrow(p.key.data(), p.key.size()), -1};
+                columns[nitems] = pstrdup_nothrow(p.column.data(), p.column.size());
+                nitems++;
+            }
+        });
+        MemoryContextSwitchTo(old);
+        if (err.failed)
+            raise(err, psprintf("trigger \"%s\" on table \"%s\"", tg->tgname, table));
+        MemoryContextSwitchTo(s->cxt);
+        s->items = items;
+        s->columns = static_cast<Column *>(palloc(sizeof(Column) * nitems));
+        int ncols = 0;
+        for (int i = 0; i < nitems; i++) {
+            if (items[i].kind != bunce::MappingItem::field) continue;
+            AttrNumber attnum = InvalidAttrNumber;
+            for (int a = 0; a < desc->natts; a++) {
+                Form_pg_attribute att = TupleDescAttr(desc, a);
+                if (!att->attisdropped && strcmp(NameStr(att->attname), columns[i]) == 0)
+                    attnum = att->attnum;
+            }
+            if (attnum == InvalidAttrNumber) {
+                MemoryContextSwitchTo(old);
+                ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                                errmsg("trigger \"%s\" on table \"%s\": mapping key \"%s\" names column \"%s\", which does not exist",
+                                       tg->tgname, table, items[i].key, columns[i]),
+                                errhint("Map payload keys to columns of \"%s\"; names are case-sensitive.", table)));
+            }
+            add_column(s, rel, attnum, ncols);
+            items[i].column = ncols++;
+        }
+        s->nitems = nitems;
+    }
+    MemoryContextSwitchTo(old);
+    s->valid = true;
+    return s;
+}
+
+// Appends a timestamp (microseconds since 2000-01-01 UTC) in Bunce's form, truncating
+// fractional seconds; values outside years 1..9999 fall back to PostgreSQL's text form.
+void append_utc(StringInfo buf, TimestampTz ts, Column *c, Datum d) {
+    struct pg_tm tm;
+    fsec_t fsec;
+    if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, nullptr, &tm, &fsec, nullptr, nullptr) != 0 ||
+        tm.tm_year < 1 || tm.tm_year > 9999) {
+        escape_json(buf, OutputFunctionCall(&c->output, d));
+        return;
+    }
+    appendStringInfo(buf, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year, tm.tm_mon, tm.tm_mday,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+void append_value(StringInfo buf, Column *c, Datum d) {
+    switch (c->kind) {
+        case KIND_BOOL:
+            appendStringInfoString(buf, DatumGetBool(d) ? "true" : "false");
+            return;
+        case KIND_INT:
+            appendStringInfoString(buf, OutputFunctionCall(&c->output, d));
+            return;
+        case KIND_NUMBER: {
+            char *s = OutputFunctionCall(&c->output, d);
+            // NaN and infinities have no JSON number form.
+            if (isdigit(static_cast<unsigned char>(s[s[0] == '-'])))
+                appendStringInfoString(buf, s);
+            else
+                escape_json(buf, s);
+            return;
+        }
+        case KIND_TIMESTAMPTZ:
+            append_utc(buf, DatumGetTimestampTz(d), c, d);
+            return;
+        case KIND_TIMESTAMP:
+            // As PostgreSQL's own cast to timestamptz: the value is local time in TimeZone.
+            append_utc(buf, DatumGetTimestampTz(DirectFunctionCall1(timestamp_timestamptz, d)), c, d);
+            return;
+        case KIND_DATE: {
+            // Midnight UTC of that day: a date stays the same date in Bunce.
+            DateADT date = DatumGetDateADT(d);
+            if (DATE_NOT_FINITE(date)) escape_json(buf, OutputFunctionCall(&c->output, d));
+            else append_utc(buf, static_cast<TimestampTz>(date) * USECS_PER_DAY, c, d);
+            return;
+        }
+        case KIND_JSON:
+            appendStringInfoString(buf, OutputFunctionCall(&c->output, d));
+            return;
+        case KIND_JSONB: {
+            Jsonb *jb = DatumGetJsonbP(d);
+            JsonbToCString(buf, &jb->root, VARSIZE(jb));
+            return;
+        }
+        case KIND_TEXT:
+            escape_json(buf, OutputFunctionCall(&c->output, d));
+            return;
+    }
+}
+
+// The payload of one row as JSON text; NULL columns are left out.
+void row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot) {
+    resetStringInfo(buf);
+    appendStringInfoChar(buf, '{');
+    bool first = true;
+    for (int i = 0; i < s->nitems; i++) {
+        LayoutItem *item = &s->items[i];
+        if (item->kind == bunce::MappingItem::end_object) {
+            appendStringInfoChar(buf, '}');
+            first = false;
+            continue;
+        }
+        Datum d = 0;
+        if (item->kind == bunce::MappingItem::field) {
+            bool isnull;
+            d = slot_getattr(slot, s->columns[item->column].attnum, &isnull);
+            if (isnull) continue;
+        }
+        if (!first) appendStringInfoChar(buf, ',');
+        escape_json(buf, item->key);
+        appendStringInfoChar(buf, ':');
+        if (item->kind == bunce::MappingItem::begin_object) {
+            appendStringInfoChar(buf, '{');
+            first = true;
+            continue;
+        }
+        append_value(buf, &s->columns[item->column], d);
+        first = false;
+    }
+    appendStringInfoChar(buf, '}');
+}
+
+void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringInfo buf,
+                 const char *context) {
+    row_payload(buf, s, slot);
+    CoreError err;
+    Datum payload = prepare(buf->data, 0, err);
+    if (err.failed) {
+        refuse(err, context, UUIDPGetDatum(&s->event_id), false, buf->data);
+        return;
+    }
+    outbox_insert(w, UUIDPGetDatum(&s->event_id), payload);
+}
+
+}  // namespace
+
+Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
+    if (!CALLED_AS_TRIGGER(fcinfo))
+        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                        errmsg("bunce_trigger() with no arguments can only be called as a trigger"),
+                        errhint("Call bunce_trigger(event_id, payload) to enqueue from SQL.")));
+    auto *td = reinterpret_cast<TriggerData *>(fcinfo->context);
+    const char *table = RelationGetRelationName(td->tg_relation);
+    const char *tgname = td->tg_trigger->tgname;
+    if (!TRIGGER_FIRED_AFTER(td->tg_event) || TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                        errmsg("trigger \"%s\" on table \"%s\": bunce_trigger() must be an AFTER INSERT, UPDATE or DELETE trigger",
+                               tgname, table),
+                        errhint("An event describes a change that happened: use AFTER.")));
+    check_writable("A bunce trigger");
+    TriggerSetup *s = trigger_setup(td);
+    const bool deleting = TRIGGER_FIRED_BY_DELETE(td->tg_event);
+    char *context = psprintf("trigger \"%s\" on table \"%s\"", tgname, table);
+    StringInfoData buf;
+    initStringInfo(&buf);
+    OutboxWriter w;
+
+    if (TRIGGER_FIRED_FOR_ROW(td->tg_event)) {
+        HeapTuple tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+        TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
+        ExecStoreHeapTuple(tuple, slot, false);
+        outbox_open(&w, false);
+        enqueue_row(&w, s, slot, &buf, context);
+        outbox_close(&w);
+        ExecDropSingleTupleTableSlot(slot);
+        return PointerGetDatum(nullptr);
+    }
+
+    Tuplestorestate *rows = deleting ? td->tg_oldtable : td->tg_newtable;
+    if (!rows)
+        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                        errmsg("%s: a statement-level bunce_trigger() needs a transition table", context),
+                        errhint("Add REFERENCING %s TABLE AS changed_rows to CREATE TRIGGER.",
+                                deleting ? "OLD" : "NEW")));
+    TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsMinimalTuple);
+    MemoryContext per_row = AllocSetContextCreate(CurrentMemoryContext, "bunce row", ALLOCSET_DEFAULT_SIZES);
+    outbox_open(&w, true);
+    tuplestore_rescan(rows);
+    while (tuplestore_gettupleslot(rows, true, false, slot)) {
+        MemoryContext old = MemoryContextSwitchTo(per_row);
+        enqueue_row(&w, s, slot, &buf, context);
+        MemoryContextSwitchTo(old);
+        MemoryContextReset(per_row);
+        CHECK_FOR_INTERRUPTS();
+    }
+    outbox_close(&w);
+    ExecDropSingleTupleTableSlot(slot);
+    return PointerGetDatum(nullptr);
+}

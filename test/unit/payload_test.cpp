@@ -1,0 +1,340 @@
+// Unit tests for payload.hpp: prepare_payload and is_valid_email.
+#include "payload.hpp"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "errors.hpp"
+
+using bunce::InvalidJson;
+using bunce::InvalidPayload;
+using bunce::is_valid_email;
+using bunce::prepare_payload;
+using nlohmann::json;
+
+namespace {
+
+// Expects prepare_payload(text) to throw InvalidPayload whose message contains `field`
+// and whose hint is not empty.
+void expect_refused(const std::string &text, const std::string &field) {
+    SCOPED_TRACE("payload: " + text);
+    try {
+        prepare_payload(text);
+        ADD_FAILURE() << "accepted, expected InvalidPayload naming " << field;
+    } catch (const InvalidPayload &e) {
+        EXPECT_NE(std::string(e.what()).find(field), std::string::npos)
+            << "message \"" << e.what() << "\" does not name " << field;
+        EXPECT_FALSE(e.hint().empty()) << "no hint for: " << e.what();
+    } catch (const std::exception &e) {
+        ADD_FAILURE() << "threw something else: " << e.what();
+    }
+}
+
+void expect_accepted_unchanged(const std::string &text) {
+    SCOPED_TRACE("payload: " + text);
+    bunce::PreparedPayload p{true, "sentinel"};
+    ASSERT_NO_THROW(p = prepare_payload(text));
+    EXPECT_FALSE(p.changed);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- accepted shapes
+
+TEST(PreparePayload, EmailOnly) {
+    expect_accepted_unchanged(R"({"email": "ada@example.com"})");
+    expect_accepted_unchanged(R"({"email": "ada@example.com", "amount": 120.5, "items": [1, 2]})");
+}
+
+TEST(PreparePayload, CustomerWithCustomerId) {
+    expect_accepted_unchanged(R"({"customer": {"customer_id": "42"}})");
+    expect_accepted_unchanged(R"({"customer": {"customer_id": "cus_9", "email": null}})");
+}
+
+TEST(PreparePayload, CustomerWithEmail) {
+    expect_accepted_unchanged(R"({"customer": {"email": "ada@example.com"}})");
+    expect_accepted_unchanged(R"({"customer": {"customer_id": null, "email": "ada@example.com"}})");
+}
+
+TEST(PreparePayload, EmailAndCustomer) {
+    expect_accepted_unchanged(
+        R"({"email": "ada@example.com",
+            "customer": {"customer_id": "42", "email": "ada@example.com",
+                         "first_name": "Ada", "last_name": "Lovelace", "phone_no": "+44 20 7946 0000"}})");
+    // A null top-level email is ignored when a customer is there.
+    expect_accepted_unchanged(R"({"email": null, "customer": {"customer_id": "42"}})");
+    // A null customer is ignored when an email is there.
+    expect_accepted_unchanged(R"({"email": "ada@example.com", "customer": null})");
+}
+
+TEST(PreparePayload, Devices) {
+    expect_accepted_unchanged(
+        R"({"customer": {"customer_id": "42",
+                         "devices": [{"device_type": "ios", "device_token": "abc"},
+                                     {"device_type": "android", "device_token": "def", "extra": 1}]}})");
+    expect_accepted_unchanged(R"({"customer": {"customer_id": "42", "devices": []}})");
+}
+
+TEST(PreparePayload, NumericCustomerIdBecomesString) {
+    auto p = prepare_payload(R"({"customer": {"customer_id": 42}})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, R"({"customer":{"customer_id":"42"}})");
+
+    p = prepare_payload(R"({"customer": {"customer_id": -7, "email": "ada@example.com"}})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(json::parse(p.json), json::parse(R"({"customer":{"customer_id":"-7","email":"ada@example.com"}})"));
+
+    p = prepare_payload(R"({"customer": {"customer_id": 18446744073709551615}})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, R"({"customer":{"customer_id":"18446744073709551615"}})");
+
+    p = prepare_payload(R"({"customer": {"customer_id": 0}})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, R"({"customer":{"customer_id":"0"}})");
+}
+
+TEST(PreparePayload, UnchangedPayloadKeepsChangedFalse) {
+    auto p = prepare_payload(
+        R"({"email": "ada@example.com", "at": "2024-05-01T10:00:00Z", "note": "2024-05-01",
+            "local": "2024-05-01T10:00:00", "n": 1, "f": 1.5, "b": true, "z": null,
+            "list": ["a", {"x": "2024-05-01T10:00:00Z"}]})");
+    EXPECT_FALSE(p.changed);
+    EXPECT_TRUE(p.json.empty());
+}
+
+// ---------------------------------------------------------------- timestamp normalisation
+
+TEST(PreparePayload, NormalisesTopLevelTimestamp) {
+    auto p = prepare_payload(R"({"email": "ada@example.com", "at": "2024-05-01T10:00:00+02:00"})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, R"({"at":"2024-05-01T08:00:00Z","email":"ada@example.com"})");
+}
+
+TEST(PreparePayload, NormalisesNestedObjectsAndArrays) {
+    auto p = prepare_payload(
+        R"({"email": "ada@example.com",
+            "at": "2024-05-01T10:00:00+02:00",
+            "items": [{"when": "2024-05-01 10:00:00-01:00", "qty": 2}, "x", 3,
+                      "2024-12-31T23:30:00-01:00", ["2024-03-01T01:00:00+02:00"]],
+            "meta": {"deep": {"t": "2024-05-01T10:00:00.999Z", "keep": "2024-05-01T10:00:00Z"}},
+            "customer": {"customer_id": "42", "signed_up": "2024-05-01T10:00+05:45"}})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json,
+              R"({"at":"2024-05-01T08:00:00Z","customer":{"customer_id":"42","signed_up":"2024-05-01T04:15:00Z"},)"
+              R"("email":"ada@example.com","items":[{"qty":2,"when":"2024-05-01T11:00:00Z"},"x",3,)"
+              R"("2025-01-01T00:30:00Z",["2024-02-29T23:00:00Z"]],)"
+              R"("meta":{"deep":{"keep":"2024-05-01T10:00:00Z","t":"2024-05-01T10:00:00Z"}}})");
+}
+
+TEST(PreparePayload, NumericIdAndTimestampTogether) {
+    auto p = prepare_payload(
+        R"({"customer": {"customer_id": 5}, "at": "2024-05-01T10:00:00Z"})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, R"({"at":"2024-05-01T10:00:00Z","customer":{"customer_id":"5"}})");
+}
+
+TEST(PreparePayload, KeysAreNeverRewritten) {
+    expect_accepted_unchanged(R"({"email": "ada@example.com", "2024-05-01T10:00:00+02:00": 1})");
+}
+
+TEST(PreparePayload, UnicodeSurvivesRewrite) {
+    auto p = prepare_payload(
+        "{\"email\": \"ada@example.com\", \"name\": \"Zo\xc3\xab\", \"at\": \"2024-05-01T10:00:00+01:00\"}");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, "{\"at\":\"2024-05-01T09:00:00Z\",\"email\":\"ada@example.com\",\"name\":\"Zo\xc3\xab\"}");
+}
+
+// ---------------------------------------------------------------- refused shapes
+
+TEST(PreparePayload, NonObjectPayload) {
+    expect_refused("[1, 2]", "array");
+    expect_refused("[]", "array");
+    expect_refused(R"("ada@example.com")", "string");
+    expect_refused("42", "number");
+    expect_refused("1.5", "number");
+    expect_refused("true", "boolean");
+    expect_refused("null", "null");
+    for (const char *t : {"[1]", "\"s\"", "42", "null"}) expect_refused(t, "payload");
+}
+
+TEST(PreparePayload, NoEmailAndNoCustomer) {
+    expect_refused("{}", "\"email\"");
+    expect_refused(R"({"amount": 5})", "\"customer\"");
+    expect_refused(R"({"email": null})", "\"email\"");
+    expect_refused(R"({"email": null, "customer": null})", "\"customer\"");
+    expect_refused(R"({"Email": "ada@example.com"})", "\"email\"");
+}
+
+TEST(PreparePayload, EmailNotAString) {
+    expect_refused(R"({"email": 42})", "\"email\"");
+    expect_refused(R"({"email": ["ada@example.com"]})", "\"email\"");
+    expect_refused(R"({"email": {"address": "ada@example.com"}})", "\"email\"");
+    expect_refused(R"({"email": true})", "\"email\"");
+}
+
+TEST(PreparePayload, MalformedEmails) {
+    for (const char *e : {"ada.example.com", "ada@@example.com", "ada@b@example.com",
+                          "ada@example", "ada @example.com", "ada@exa mple.com",
+                          " ada@example.com", "@example.com", "", "ada@", "ada@.com"}) {
+        expect_refused(json{{"email", e}}.dump(), "\"email\"");
+        expect_refused(json{{"customer", {{"customer_id", "1"}, {"email", e}}}}.dump(),
+                       "\"customer.email\"");
+    }
+}
+
+TEST(PreparePayload, MalformedEmailHintIsAboutTheForm) {
+    try {
+        prepare_payload(R"({"email": "nope"})");
+        FAIL() << "accepted";
+    } catch (const InvalidPayload &e) {
+        EXPECT_NE(std::string(e.what()).find("well-formed"), std::string::npos) << e.what();
+        EXPECT_NE(e.hint().find("name@example.com"), std::string::npos) << e.hint();
+    }
+}
+
+TEST(PreparePayload, CustomerNotAnObject) {
+    expect_refused(R"({"customer": "42"})", "\"customer\"");
+    expect_refused(R"({"customer": 42})", "\"customer\"");
+    expect_refused(R"({"customer": [{"customer_id": "42"}]})", "\"customer\"");
+    expect_refused(R"({"customer": true})", "\"customer\"");
+    expect_refused(R"({"email": "ada@example.com", "customer": "42"})", "\"customer\"");
+}
+
+TEST(PreparePayload, CustomerWithoutIdOrEmail) {
+    expect_refused(R"({"customer": {}})", "\"customer\"");
+    expect_refused(R"({"customer": {"first_name": "Ada"}})", "\"customer\"");
+    expect_refused(R"({"customer": {"customer_id": null, "email": null}})", "\"customer\"");
+    // A top-level email does not rescue a customer object that identifies nobody.
+    expect_refused(R"({"email": "ada@example.com", "customer": {"first_name": "Ada"}})",
+                   "\"customer\"");
+}
+
+TEST(PreparePayload, CustomerIdBadValues) {
+    expect_refused(R"({"customer": {"customer_id": ""}})", "customer.customer_id");
+    expect_refused(R"({"customer": {"customer_id": 4.5}})", "customer.customer_id");
+    expect_refused(R"({"customer": {"customer_id": true}})", "customer.customer_id");
+    expect_refused(R"({"customer": {"customer_id": ["42"]}})", "customer.customer_id");
+    expect_refused(R"({"customer": {"customer_id": {"id": "42"}}})", "customer.customer_id");
+}
+
+TEST(PreparePayload, OptionalCustomerFieldsMustBeStrings) {
+    for (const char *field : {"first_name", "last_name", "phone_no"}) {
+        for (const char *value : {"42", "true", "1.5", "[\"x\"]", "{\"a\": 1}"}) {
+            const std::string text = std::string(R"({"customer": {"customer_id": "1", ")") +
+                                     field + "\": " + value + "}}";
+            expect_refused(text, std::string("customer.") + field);
+        }
+        expect_accepted_unchanged(std::string(R"({"customer": {"customer_id": "1", ")") + field +
+                                  "\": \"x\"}}");
+    }
+}
+
+TEST(PreparePayload, NullOptionalCustomerFieldsCountAsAbsent) {
+    // BUG: (suspected; needs a decision) "customer_id": null and "email": null are treated as
+    // absent, but "first_name"/"last_name"/"phone_no": null are refused ("must be a
+    // string"). A bunce_trigger() mapping of first_name to a nullable column would then make
+    // the caller's INSERT fail for every row whose column is NULL.
+    // Input:    {"customer": {"customer_id": "1", "first_name": null}}
+    // Expected: accepted (null treated like a missing key, as for customer_id and email)
+    // Actual:   InvalidPayload: payload field "customer.first_name" must be a string
+    GTEST_SKIP() << "BUG: null first_name/last_name/phone_no refused, null customer_id/email ignored";
+    for (const char *field : {"first_name", "last_name", "phone_no"})
+        EXPECT_NO_THROW(prepare_payload(std::string(R"({"customer": {"customer_id": "1", ")") +
+                                        field + "\": null}}"));
+}
+
+TEST(PreparePayload, Devices_Refused) {
+    const std::string pre = R"({"customer": {"customer_id": "1", "devices": )";
+    expect_refused(pre + R"({"device_type": "ios", "device_token": "a"}}})", "customer.devices");
+    expect_refused(pre + R"("abc"}})", "customer.devices");
+    expect_refused(pre + R"(null}})", "customer.devices");
+    expect_refused(pre + R"(["abc"]}})", "customer.devices");
+    expect_refused(pre + R"([[]]}})", "customer.devices");
+    expect_refused(pre + R"([{"device_type": "ios"}]}})", "device_token");
+    expect_refused(pre + R"([{"device_type": "ios", "device_token": 5}]}})", "device_token");
+    expect_refused(pre + R"([{"device_type": "ios", "device_token": null}]}})", "device_token");
+    expect_refused(pre + R"([{"device_token": "a"}]}})", "device_type");
+    expect_refused(
+        pre + R"([{"device_type": "ios", "device_token": "a"}, {"device_type": "ios"}]}})",
+        "device_token");
+}
+
+TEST(PreparePayload, InvalidJsonText) {
+    for (const char *t : {"", "{", "}", "not json", "{'email': 'a@b.co'}",
+                          R"({"email": "ada@example.com",})", R"({"email": "ada@example.com"} x)",
+                          R"({"email" "ada@example.com"})", "NaN"}) {
+        SCOPED_TRACE(std::string("text: ") + t);
+        EXPECT_THROW(prepare_payload(t), InvalidJson);
+    }
+}
+
+TEST(PreparePayload, InvalidJsonIsNotInvalidPayload) {
+    try {
+        prepare_payload("{");
+        FAIL() << "accepted";
+    } catch (const InvalidPayload &) {
+        FAIL() << "InvalidPayload for text that is not JSON";
+    } catch (const InvalidJson &e) {
+        EXPECT_FALSE(std::string(e.what()).empty());
+    }
+}
+
+TEST(PreparePayload, HintsAreNonEmpty) {
+    for (const char *t : {"[]", "{}", R"({"email": 1})", R"({"email": "x"})",
+                          R"({"customer": 1})", R"({"customer": {}})",
+                          R"({"customer": {"customer_id": ""}})",
+                          R"({"customer": {"customer_id": 1.5}})",
+                          R"({"customer": {"customer_id": "1", "phone_no": 1}})",
+                          R"({"customer": {"customer_id": "1", "devices": 1}})",
+                          R"({"customer": {"customer_id": "1", "devices": [1]}})",
+                          R"({"customer": {"customer_id": "1", "devices": [{}]}})"}) {
+        SCOPED_TRACE(t);
+        try {
+            prepare_payload(t);
+            ADD_FAILURE() << "accepted";
+        } catch (const InvalidPayload &e) {
+            EXPECT_FALSE(e.hint().empty()) << e.what();
+            EXPECT_FALSE(std::string(e.what()).empty());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- is_valid_email
+
+TEST(IsValidEmail, Positives) {
+    const std::string local64(64, 'a');
+    const std::string long_domain = std::string(185, 'b') + ".com";  // 64 + 1 + 189 = 254
+    for (const std::string &e :
+         {std::string("ada@example.com"), std::string("a.b+tag@sub.example.co.uk"),
+          std::string("x@y.io"), std::string("a@b.c"), std::string("o'brien@example.ie"),
+          std::string("UPPER@EXAMPLE.COM"), std::string("user_name-1@xn--bcher-kva.example"),
+          std::string("first.last@example-domain.org"), std::string("1234@123.45"),
+          local64 + "@example.com", local64 + "@" + long_domain,
+          std::string("j\xc3\xb6rg@example.de")}) {
+        EXPECT_TRUE(is_valid_email(e)) << e;
+    }
+}
+
+TEST(IsValidEmail, Negatives) {
+    const std::string local65(65, 'a');
+    const std::string long_domain = std::string(186, 'b') + ".com";  // 64 + 1 + 190 = 255
+    for (const std::string &e :
+         {std::string(""), std::string("a"), std::string("a@"), std::string("@b"),
+          std::string("ada.example.com"), std::string("ada@@example.com"),
+          std::string("a@b@example.com"), std::string("ada@example"), std::string("ada@.com"),
+          std::string("ada@example."), std::string("ada @example.com"),
+          std::string(" ada@example.com"), std::string("ada@example.com "),
+          std::string("ada@exa mple.com"), std::string("@example.com"),
+          std::string("ada@-example.com"), std::string("ada@example..com"),
+          std::string("<ada@example.com>"), std::string("ada@exa\tmple.com"),
+          std::string("ada@example.com\n"), std::string("a(b)@example.com"),
+          std::string("a,b@example.com"), std::string("a;b@example.com"),
+          std::string("a\"b@example.com"), std::string("a\\b@example.com"),
+          std::string("ada\x7f@example.com"), std::string("ada\0@example.com", 16),
+          local65 + "@example.com", std::string(64, 'a') + "@" + long_domain}) {
+        EXPECT_FALSE(is_valid_email(e)) << "\"" << e << "\"";
+    }
+}

@@ -1,0 +1,275 @@
+// Unit tests for rate_limiter.hpp, on a simulated clock (microseconds).
+#include "rate_limiter.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+using bunce::RateLimiter;
+
+namespace {
+
+constexpr int64_t kSecond = 1'000'000;
+constexpr int64_t kMinute = 60 * kSecond;
+constexpr int64_t kWindow = 60'600'000;  // the limiter's window, 60.6 s
+
+struct Send {
+    int64_t at;
+    int limit;  // the limit in effect when it was sent
+};
+
+// A sender with an endless backlog: sends as soon as it may, for `duration` from `now`.
+void run_backlogged(RateLimiter &r, int64_t &now, int64_t duration, std::vector<Send> &out) {
+    const int64_t end = now + duration;
+    while (true) {
+        const int64_t w = r.wait_us(now);
+        ASSERT_GE(w, 0);
+        if (now + w >= end) {
+            now = end;
+            return;
+        }
+        now += w;
+        ASSERT_EQ(r.wait_us(now), 0) << "still waiting at the time it said";
+        r.record(now);
+        out.push_back({now, r.limit()});
+    }
+}
+
+// For every send, the number of sends in the 60 s window (t - 60 s, t] that ends with it
+// must not exceed the limit in effect for that send. Any 60 s window holds at most as many
+// sends as the window of the same length ending at its last send.
+void expect_no_window_above_limit(const std::vector<Send> &sends) {
+    size_t first = 0;
+    for (size_t i = 0; i < sends.size(); i++) {
+        while (sends[first].at <= sends[i].at - kMinute) first++;
+        const int in_window = static_cast<int>(i - first + 1);
+        ASSERT_LE(in_window, sends[i].limit)
+            << "window ending at send " << i << " (t=" << sends[i].at << " us) holds "
+            << in_window << " sends, limit " << sends[i].limit;
+    }
+}
+
+}  // namespace
+
+TEST(RateLimiter, LimitZeroNeverWaits) {
+    RateLimiter r;
+    EXPECT_EQ(r.limit(), 0);
+    int64_t now = 0;
+    for (int i = 0; i < 100000; i++) {
+        ASSERT_EQ(r.wait_us(now), 0);
+        r.record(now);
+        now += (i % 3 == 0) ? 0 : 1;
+    }
+    EXPECT_EQ(RateLimiter(0).wait_us(123), 0);
+    EXPECT_EQ(r.sent_last_minute(now), 0);  // not tracked without a limit
+}
+
+TEST(RateLimiter, NegativeLimitMeansNoLimit) {
+    RateLimiter r(-5);
+    EXPECT_EQ(r.limit(), 0);
+    for (int i = 0; i < 1000; i++) {
+        ASSERT_EQ(r.wait_us(i), 0);
+        r.record(i);
+    }
+    r.set_limit(10);
+    EXPECT_EQ(r.limit(), 10);
+    r.set_limit(-1);
+    EXPECT_EQ(r.limit(), 0);
+    EXPECT_EQ(r.wait_us(1000), 0);
+}
+
+TEST(RateLimiter, FirstRequestGoesAtOnce) {
+    for (int limit : {1, 60, 1000}) {
+        for (int64_t now : {int64_t{0}, int64_t{1}, int64_t{5'000'000'000'000}}) {
+            RateLimiter r(limit);
+            EXPECT_EQ(r.wait_us(now), 0) << limit << " " << now;
+        }
+    }
+}
+
+TEST(RateLimiter, Backlogged60PerMinuteForTenMinutes) {
+    RateLimiter r(60);
+    int64_t now = 7'777'777'777;  // an arbitrary monotonic clock
+    const int64_t start = now;
+    std::vector<Send> sends;
+    run_backlogged(r, now, 10 * kMinute, sends);
+    ASSERT_FALSE(sends.empty());
+    expect_no_window_above_limit(sends);
+
+    // Closed windows too: no 61 sends within any 60 s.
+    for (size_t i = 60; i < sends.size(); i++)
+        ASSERT_GE(sends[i].at - sends[i - 60].at, kMinute) << i;
+
+    // At least 97% of the limit used, per minute on average.
+    const double per_minute = static_cast<double>(sends.size()) / 10.0;
+    EXPECT_GE(per_minute, 0.97 * 60) << sends.size() << " sends in 10 minutes";
+    EXPECT_LE(per_minute, 60.0);
+
+    // And in every whole minute of the run after the first one.
+    for (int m = 1; m < 10; m++) {
+        const int64_t a = start + m * kMinute, b = a + kMinute;
+        const auto n = std::count_if(sends.begin(), sends.end(),
+                                     [&](const Send &s) { return s.at >= a && s.at < b; });
+        EXPECT_GE(n, 58) << "minute " << m;
+        EXPECT_LE(n, 60) << "minute " << m;
+    }
+
+    EXPECT_LE(r.sent_last_minute(now), 60);
+    EXPECT_GE(r.sent_last_minute(now), 58);
+}
+
+TEST(RateLimiter, BackloggedAtOtherLimits) {
+    for (int limit : {1, 2, 7, 59, 61, 100, 600, 3000}) {
+        SCOPED_TRACE("limit " + std::to_string(limit));
+        RateLimiter r(limit);
+        int64_t now = 1;
+        std::vector<Send> sends;
+        run_backlogged(r, now, 10 * kMinute, sends);
+        expect_no_window_above_limit(sends);
+        const double per_minute = static_cast<double>(sends.size()) / 10.0;
+        EXPECT_GE(per_minute, 0.97 * limit - (limit < 10 ? 1.0 : 0.0));
+        EXPECT_LE(per_minute, static_cast<double>(limit) + 0.1);
+    }
+}
+
+TEST(RateLimiter, SpacingIsEven) {
+    for (int limit : {1, 7, 60, 600, 1000}) {
+        SCOPED_TRACE("limit " + std::to_string(limit));
+        RateLimiter r(limit);
+        int64_t now = 42;
+        std::vector<Send> sends;
+        run_backlogged(r, now, 5 * kMinute, sends);
+        ASSERT_GE(sends.size(), 2u);
+        const int64_t spacing = kWindow / limit;
+        for (size_t i = 1; i < sends.size(); i++)
+            ASSERT_GE(sends[i].at - sends[i - 1].at, spacing) << "sends " << i - 1 << ", " << i;
+        // Evenly spaced, not in bursts: a backlogged sender never waits much longer either
+        // (at most the rounding remainder of window / limit, under `limit` microseconds).
+        for (size_t i = 1; i < sends.size(); i++)
+            ASSERT_LE(sends[i].at - sends[i - 1].at, spacing + limit) << "sends " << i - 1 << ", " << i;
+    }
+}
+
+TEST(RateLimiter, SpacingAfterIdlePeriod) {
+    RateLimiter r(60);
+    int64_t now = 0;
+    r.record(now);
+    EXPECT_EQ(r.wait_us(now), 1'010'000);
+    EXPECT_EQ(r.wait_us(now + 1'000'000), 10'000);
+    EXPECT_EQ(r.wait_us(now + 1'010'000), 0);
+    now += 10 * kMinute;  // long idle: may send at once
+    EXPECT_EQ(r.wait_us(now), 0);
+    r.record(now);
+    EXPECT_EQ(r.wait_us(now), 1'010'000);
+}
+
+TEST(RateLimiter, JitteredSenderStaysUnderLimit) {
+    // A sender that is not always ready: it sends at the allowed time or some time later.
+    std::mt19937_64 rng(2024);
+    std::uniform_int_distribution<int64_t> idle(0, 3 * kSecond);
+    std::bernoulli_distribution busy(0.7);
+    RateLimiter r(60);
+    int64_t now = 0;
+    std::vector<Send> sends;
+    while (now < 30 * kMinute) {
+        now += r.wait_us(now);
+        if (!busy(rng)) now += idle(rng);
+        ASSERT_EQ(r.wait_us(now), 0);
+        r.record(now);
+        sends.push_back({now, 60});
+    }
+    expect_no_window_above_limit(sends);
+}
+
+TEST(RateLimiter, LoweringTheLimitMidRunOpensNoBurst) {
+    RateLimiter r(60);
+    int64_t now = 1'000'000;
+    std::vector<Send> sends;
+    run_backlogged(r, now, 3 * kMinute, sends);
+    r.set_limit(30);
+    run_backlogged(r, now, 3 * kMinute, sends);
+    r.set_limit(10);
+    run_backlogged(r, now, 3 * kMinute, sends);
+    r.set_limit(1);
+    run_backlogged(r, now, 5 * kMinute, sends);
+    expect_no_window_above_limit(sends);
+    // The last phase really runs at the new limit.
+    const auto last = std::count_if(sends.begin(), sends.end(), [&](const Send &s) {
+        return s.at >= now - 3 * kMinute;
+    });
+    EXPECT_GE(last, 2);
+    EXPECT_LE(last, 3);
+}
+
+TEST(RateLimiter, LoweringAfterABurstWaitsForTheWindow) {
+    // 600/min fills 60 sends in about 6 s; switching to 60/min must then hold back until
+    // the oldest of the last 60 is a window old, not just one spacing.
+    RateLimiter r(600);
+    int64_t now = 0;
+    std::vector<Send> sends;
+    for (int i = 0; i < 100; i++) {
+        now += r.wait_us(now);
+        r.record(now);
+        sends.push_back({now, 600});
+    }
+    r.set_limit(60);
+    const int64_t wait = r.wait_us(now);
+    EXPECT_GT(wait, 1'010'000);
+    EXPECT_EQ(now + wait, sends[100 - 60].at + kWindow);
+    run_backlogged(r, now, 5 * kMinute, sends);
+    expect_no_window_above_limit(sends);
+}
+
+TEST(RateLimiter, RaisingTheLimitMidRun) {
+    RateLimiter r(30);
+    int64_t now = 0;
+    std::vector<Send> sends;
+    run_backlogged(r, now, 3 * kMinute, sends);
+    r.set_limit(120);
+    run_backlogged(r, now, 3 * kMinute, sends);
+    r.set_limit(60);
+    run_backlogged(r, now, 3 * kMinute, sends);
+    r.set_limit(600);
+    run_backlogged(r, now, 2 * kMinute, sends);
+    r.set_limit(5);
+    run_backlogged(r, now, 3 * kMinute, sends);
+    expect_no_window_above_limit(sends);
+}
+
+TEST(RateLimiter, RandomLimitChanges) {
+    std::mt19937_64 rng(31337);
+    std::uniform_int_distribution<int> limit(1, 200);
+    std::uniform_int_distribution<int64_t> phase(1, 90 * kSecond);
+    RateLimiter r(limit(rng));
+    int64_t now = 0;
+    std::vector<Send> sends;
+    for (int i = 0; i < 60; i++) {
+        run_backlogged(r, now, phase(rng), sends);
+        r.set_limit(limit(rng));
+    }
+    ASSERT_GT(sends.size(), 1000u);
+    expect_no_window_above_limit(sends);
+}
+
+TEST(RateLimiter, SetSameLimitKeepsState) {
+    RateLimiter r(60);
+    r.record(0);
+    const int64_t before = r.wait_us(0);
+    r.set_limit(60);
+    EXPECT_EQ(r.wait_us(0), before);
+}
+
+TEST(RateLimiter, SentLastMinute) {
+    RateLimiter r(100);
+    EXPECT_EQ(r.sent_last_minute(0), 0);
+    int64_t now = 0;
+    for (int i = 0; i < 10; i++) {
+        now += r.wait_us(now);
+        r.record(now);
+    }
+    EXPECT_EQ(r.sent_last_minute(now), 10);
+    EXPECT_EQ(r.sent_last_minute(now + 2 * kMinute), 0);
+}
