@@ -34,9 +34,17 @@ Envelope read_envelope(std::string_view body) {
     return env;
 }
 
+// At most 500 characters of UTF-8, cut on a character boundary: an error page can be
+// large, a message is not, and PostgreSQL refuses to store a broken character.
 std::string clip(std::string s) {
-    constexpr size_t max = 500;  // an error page can be large; a message is not
-    if (s.size() > max) s.resize(max);
+    size_t chars = 0;
+    for (size_t i = 0; i < s.size(); i++) {
+        if ((static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) continue;  // continuation byte
+        if (++chars > 500) {
+            s.resize(i);
+            break;
+        }
+    }
     return s;
 }
 
@@ -121,6 +129,7 @@ std::optional<std::string> api_url_problem(std::string_view url) {
     if (u.rfind("http://", 0) != 0 || u.size() == 7) return "bunce.api_url must start with https://";
     std::string_view authority = std::string_view(u).substr(7);
     authority = authority.substr(0, authority.find_first_of("/?#"));
+    if (authority.empty()) return "bunce.api_url has no host";
     if (authority.find('@') != authority.npos) return "bunce.api_url must not carry credentials";
     std::string_view host = authority.front() == '['
                                 ? authority.substr(0, authority.find(']') + 1)

@@ -78,6 +78,10 @@ HttpSender::HttpSender() {
 HttpSender::~HttpSender() {
     // Transfers still running are abandoned: their events stay claimed in the outbox and
     // are sent again after the restart that follows.
+    for (Transfer *t : running_) {
+        curl_multi_remove_handle(multi_, t->easy);
+        delete t;
+    }
     idle_.clear();
     curl_multi_cleanup(multi_);
 }
@@ -137,7 +141,7 @@ void HttpSender::submit(const HttpRequest &request) {
 
     if (curl_multi_add_handle(multi_, e) != CURLM_OK)
         throw std::runtime_error("could not start a request");
-    t.release();  // owned by the multi handle until collect() takes it back
+    running_.insert(t.release());  // owned through running_ until collect() takes it back
     in_flight_++;
 }
 
@@ -200,6 +204,7 @@ void HttpSender::collect() {
         Transfer *raw = nullptr;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, reinterpret_cast<char **>(&raw));
         std::unique_ptr<Transfer> t(raw);
+        running_.erase(raw);
         const CURLcode result = msg->data.result;
         curl_multi_remove_handle(multi_, t->easy);
         in_flight_--;

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace bunce {
@@ -77,6 +78,7 @@ private:
     std::map<int, SocketInterest> sockets_;
     int64_t deadline_us_ = -1;  // monotonic time of libcurl's next timeout
     size_t in_flight_ = 0;
+    std::unordered_set<Transfer *> running_;        // owned, in the multi handle
     std::vector<std::unique_ptr<Transfer>> idle_;  // finished transfers, handles kept for reuse
     std::vector<HttpAnswer> answers_;
 };

@@ -45,7 +45,7 @@ void check_email(const json &v, const char *field) {
 
 void check_optional_string(const json &customer, const char *key) {
     auto it = customer.find(key);
-    if (it != customer.end() && !it->is_string())
+    if (it != customer.end() && !it->is_null() && !it->is_string())
         refuse(std::string("payload field \"customer.") + key + "\" must be a string",
                "Bunce expects first_name, last_name and phone_no as strings.");
 }

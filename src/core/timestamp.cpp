@@ -71,13 +71,14 @@ std::optional<std::string> normalise_timestamp(std::string_view s) {
     if (s[10] != 'T' && s[10] != 't' && s[10] != ' ') return std::nullopt;
     if (!digits(s, 11, 2, hour) || s[13] != ':' || !digits(s, 14, 2, minute)) return std::nullopt;
     size_t pos = 16;
+    bool fraction = false;  // a non-zero fractional second (truncated, never rounded)
     if (pos < s.size() && s[pos] == ':') {
         if (!digits(s, pos + 1, 2, second)) return std::nullopt;
         pos += 3;
         if (pos < s.size() && (s[pos] == '.' || s[pos] == ',')) {
             size_t start = ++pos;
-            while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') pos++;
-            if (pos == start) return std::nullopt;  // truncated, never rounded
+            while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') fraction |= s[pos++] != '0';
+            if (pos == start) return std::nullopt;
         }
     }
     if (pos >= s.size()) return std::nullopt;  // no offset: local time, meaning unknown
@@ -107,7 +108,7 @@ std::optional<std::string> normalise_timestamp(std::string_view s) {
         static_cast<unsigned>(day) > days_in_month(year, static_cast<unsigned>(month)))
         return std::nullopt;
     // 24:00:00 is the end of the day (ISO 8601); nothing later than that.
-    if (hour == 24 ? (minute != 0 || second != 0) : (hour > 23 || minute > 59 || second > 59))
+    if (hour == 24 ? (minute != 0 || second != 0 || fraction) : (hour > 23 || minute > 59 || second > 59))
         return std::nullopt;
 
     const int64_t t = days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day)) * 86400 +

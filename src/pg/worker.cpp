@@ -370,8 +370,11 @@ int record(Answer *r, int n, int *delivered, int *dead, const Answer **last_erro
                 break;
             case bunce::Outcome::unauthorized:
                 // The key, not the event, is wrong: pause everything, do not count the attempt.
-                auth_backoff_s = auth_backoff_s ? Min(auth_backoff_s * 2, 1800) : 60;
-                paused_until = now + auth_backoff_s * USECS_PER_SEC;
+                // Requests already in flight answer the same: one pause, not one each.
+                if (paused_until <= now) {
+                    auth_backoff_s = auth_backoff_s ? Min(auth_backoff_s * 2, 1800) : 60;
+                    paused_until = now + auth_backoff_s * USECS_PER_SEC;
+                }
                 snprintf(pause_reason, sizeof pause_reason,
                          "Bunce rejected the API key (HTTP %d); set bunce.api_key and reload", x.status);
                 b = &again;

@@ -233,14 +233,6 @@ TEST(PreparePayload, OptionalCustomerFieldsMustBeStrings) {
 }
 
 TEST(PreparePayload, NullOptionalCustomerFieldsCountAsAbsent) {
-    // BUG: (suspected; needs a decision) "customer_id": null and "email": null are treated as
-    // absent, but "first_name"/"last_name"/"phone_no": null are refused ("must be a
-    // string"). A bunce_trigger() mapping of first_name to a nullable column would then make
-    // the caller's INSERT fail for every row whose column is NULL.
-    // Input:    {"customer": {"customer_id": "1", "first_name": null}}
-    // Expected: accepted (null treated like a missing key, as for customer_id and email)
-    // Actual:   InvalidPayload: payload field "customer.first_name" must be a string
-    GTEST_SKIP() << "BUG: null first_name/last_name/phone_no refused, null customer_id/email ignored";
     for (const char *field : {"first_name", "last_name", "phone_no"})
         EXPECT_NO_THROW(prepare_payload(std::string(R"({"customer": {"customer_id": "1", ")") +
                                         field + "\": null}}"));
