@@ -45,6 +45,7 @@ void shmem_startup() {
         memset(shared, 0, sizeof(Shared));
         SpinLockInit(&shared->mutex);
         pg_atomic_init_u64(&shared->committed, 0);
+        pg_atomic_init_u32(&shared->work_signalled, 0);
         shared->state = WORKER_STOPPED;
     }
     LWLockRelease(AddinShmemInitLock);

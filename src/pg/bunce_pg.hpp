@@ -35,6 +35,7 @@ struct Shared {
     slock_t mutex;                  // protects everything below that is not atomic
     Latch *worker_latch;            // set while the worker runs
     pg_atomic_uint64 committed;     // events enqueued by committed transactions, ever
+    pg_atomic_uint32 work_signalled;  // 1: the worker was told of new work and has not claimed since
     int pid;
     WorkerState state;
     char paused_reason[128];
@@ -63,6 +64,7 @@ void request_shmem();
 
 // Counts an enqueued event; the worker is woken when the transaction commits (enqueue.cpp).
 void note_enqueued();
+void wake_worker();
 void register_xact_callbacks();
 
 // Background worker (worker.cpp).

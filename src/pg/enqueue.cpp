@@ -64,10 +64,7 @@ int sub_capacity = 0;
 void xact_callback(XactEvent event, void *) {
     if (event == XACT_EVENT_COMMIT && xact_enqueued > 0 && shared) {
         pg_atomic_fetch_add_u64(&shared->committed, static_cast<uint64>(xact_enqueued));
-        SpinLockAcquire(&shared->mutex);
-        Latch *latch = shared->worker_latch;
-        SpinLockRelease(&shared->mutex);
-        if (latch) SetLatch(latch);
+        wake_worker();
     }
     if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
         event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT) {
@@ -100,6 +97,17 @@ void register_xact_callbacks() {
 }
 
 void note_enqueued() { xact_enqueued++; }
+
+// Sets the worker's latch, once until its next claim: under a stream of commits a signal
+// per commit would cost more than the insert itself.
+void wake_worker() {
+    if (pg_atomic_read_u32(&shared->work_signalled) || pg_atomic_exchange_u32(&shared->work_signalled, 1))
+        return;
+    SpinLockAcquire(&shared->mutex);
+    Latch *latch = shared->worker_latch;
+    SpinLockRelease(&shared->mutex);
+    if (latch) SetLatch(latch);
+}
 
 namespace {
 

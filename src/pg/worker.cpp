@@ -684,6 +684,11 @@ void bunce_worker_main(Datum) {
         int nclaimed = 0;
         Claimed *claimed = nullptr;
         if (nresults > 0 || (slots > 0 && look_for_work)) {
+            if (slots > 0 && look_for_work) {
+                // Before the claim's snapshot: a commit from here on must signal again.
+                pg_atomic_write_u32(&shared->work_signalled, 0);
+                pg_memory_barrier();
+            }
             begin("bunce: recording answers and claiming events");
             int delivered = 0, dead = 0, removed = 0;
             const Answer *last_error = nullptr;
