@@ -35,13 +35,21 @@ bool normalise_values(json &v) {
     return changed;
 }
 
-void check_email(const json &v, const char *field) {
-    if (!v.is_string())
-        refuse(std::string("payload field \"") + field + "\" must be a string", kShapeHint);
-    if (!is_valid_email(v.get_ref<const std::string &>()))
+void check_email_text(std::string_view email, const char *field) {
+    if (!is_valid_email(email))
         refuse(std::string("payload field \"") + field + "\" is not a well-formed email address",
                "Use an address of the form name@example.com.");
 }
+
+void check_email(const json &v, const char *field) {
+    if (!v.is_string())
+        refuse(std::string("payload field \"") + field + "\" must be a string", kShapeHint);
+    check_email_text(v.get_ref<const std::string &>(), field);
+}
+
+[[noreturn]] void refuse_empty_customer_id() { refuse("payload field \"customer.customer_id\" must not be empty"); }
+[[noreturn]] void refuse_customer_without_id() { refuse("payload field \"customer\" needs \"customer_id\" or \"email\""); }
+[[noreturn]] void refuse_no_recipient() { refuse("payload needs \"email\" or \"customer\""); }
 
 void check_optional_string(const json &customer, const char *key) {
     auto it = customer.find(key);
@@ -66,14 +74,13 @@ bool check_customer(json &customer) {
         if (!id->is_string())
             refuse("payload field \"customer.customer_id\" must be a string",
                    "Pass the customer id as text or as an integer.");
-        if (id->get_ref<const std::string &>().empty())
-            refuse("payload field \"customer.customer_id\" must not be empty");
+        if (id->get_ref<const std::string &>().empty()) refuse_empty_customer_id();
         has_id = true;
     }
     auto email = customer.find("email");
     if (email != customer.end() && !email->is_null()) check_email(*email, "customer.email");
     else if (!has_id)
-        refuse("payload field \"customer\" needs \"customer_id\" or \"email\"");
+        refuse_customer_without_id();
     check_optional_string(customer, "first_name");
     check_optional_string(customer, "last_name");
     check_optional_string(customer, "phone_no");
@@ -115,6 +122,17 @@ bool is_valid_email(std::string_view e) {
     return true;
 }
 
+void check_fields(const PayloadFields &f) {
+    if (f.email) check_email_text(f.email, "email");
+    if (f.has_customer) {
+        if (f.customer_id && !*f.customer_id) refuse_empty_customer_id();
+        if (f.customer_email) check_email_text(f.customer_email, "customer.email");
+        else if (!f.customer_id) refuse_customer_without_id();
+    } else if (!f.email) {
+        refuse_no_recipient();
+    }
+}
+
 PreparedPayload prepare_payload(std::string_view text) {
     json payload = json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (payload.is_discarded()) throw InvalidJson("payload is not valid JSON");
@@ -127,7 +145,7 @@ PreparedPayload prepare_payload(std::string_view text) {
     if (has_email) check_email(*email, "email");
     auto customer = payload.find("customer");
     if (customer != payload.end() && !customer->is_null()) changed |= check_customer(*customer);
-    else if (!has_email) refuse("payload needs \"email\" or \"customer\"");
+    else if (!has_email) refuse_no_recipient();
 
     changed |= normalise_values(payload);
     if (!changed) return {false, std::string()};

@@ -17,6 +17,18 @@ struct PreparedPayload {
 // UTC, a numeric customer_id becomes a string. Throws InvalidJson or InvalidPayload.
 PreparedPayload prepare_payload(std::string_view json_text);
 
+// The parts of a payload that Bunce's rules are about, for a caller that built the payload
+// itself from typed values (the generic trigger): NULL means absent.
+struct PayloadFields {
+    const char *email = nullptr;  // top-level "email"
+    bool has_customer = false;    // a "customer" object
+    const char *customer_id = nullptr;
+    const char *customer_email = nullptr;
+};
+
+// Checks those parts exactly as prepare_payload would; throws InvalidPayload.
+void check_fields(const PayloadFields &fields);
+
 // A pragmatic address check: local@domain.tld, no spaces, sane length. Bunce's own check is
 // not documented; this refuses what is certainly wrong and nothing plausible.
 bool is_valid_email(std::string_view email);

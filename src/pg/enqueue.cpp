@@ -7,6 +7,7 @@
 #include "bunce_pg.hpp"
 #include "mapping.hpp"
 #include "payload.hpp"
+#include "timestamp.hpp"
 
 extern "C" {
 #include "access/heapam.h"
@@ -349,11 +350,15 @@ struct Column {
     FmgrInfo output;
 };
 
+// What an item is to Bunce's payload rules.
+enum Role { ROLE_NONE, ROLE_EMAIL, ROLE_CUSTOMER, ROLE_CUSTOMER_ID, ROLE_CUSTOMER_EMAIL };
+
 // One item of the payload layout: a column under a key, or the start/end of a nested object.
 struct LayoutItem {
     bunce::MappingItem::Kind kind;
     char *key;
     int column;  // index into TriggerSetup.columns (fields only)
+    Role role;
 };
 
 struct TriggerSetup {
@@ -362,6 +367,9 @@ struct TriggerSetup {
     bool valid;
     MemoryContext cxt;
     pg_uuid_t event_id;
+    // The payload's shape is known from the column types: the rules need checking only on
+    // the values of the email and customer fields, not by parsing the JSON of every row.
+    bool typed_check;
     int nitems;
     LayoutItem *items;
     Column *columns;
@@ -413,6 +421,54 @@ void add_column(TriggerSetup *s, Relation rel, AttrNumber attnum, int index) {
     fmgr_info_cxt(out, &c->output, s->cxt);
 }
 
+// Marks the items Bunce's rules are about, and decides whether their column types alone
+// guarantee the payload's shape (text emails, a mapped customer object, no JSON columns
+// that could hold anything). Otherwise every row's JSON goes through the full check.
+void assign_roles(TriggerSetup *s) {
+    bool typed = true;
+    int depth = 0;
+    bool in_customer = false;
+    for (int i = 0; i < s->nitems; i++) {
+        LayoutItem *item = &s->items[i];
+        item->role = ROLE_NONE;
+        if (item->kind == bunce::MappingItem::end_object) {
+            if (--depth == 0) in_customer = false;
+            continue;
+        }
+        const bool top = depth == 0;
+        if (item->kind == bunce::MappingItem::begin_object) {
+            if (top && strcmp(item->key, "customer") == 0) {
+                item->role = ROLE_CUSTOMER;
+                in_customer = true;
+            }
+            depth++;
+            continue;
+        }
+        const ValueKind kind = s->columns[item->column].kind;
+        if (kind == KIND_JSON || kind == KIND_JSONB) typed = false;
+        if (top && strcmp(item->key, "email") == 0) {
+            item->role = ROLE_EMAIL;
+            typed &= kind == KIND_TEXT;
+        } else if (top && strcmp(item->key, "customer") == 0) {
+            typed = false;  // a column as the whole customer: check what it holds
+        } else if (in_customer && depth == 1) {
+            if (strcmp(item->key, "customer_id") == 0) {
+                item->role = ROLE_CUSTOMER_ID;
+                typed &= kind == KIND_TEXT || kind == KIND_INT;
+            } else if (strcmp(item->key, "email") == 0) {
+                item->role = ROLE_CUSTOMER_EMAIL;
+                typed &= kind == KIND_TEXT;
+            } else if (strcmp(item->key, "first_name") == 0 || strcmp(item->key, "last_name") == 0 ||
+                       strcmp(item->key, "phone_no") == 0) {
+                typed &= kind == KIND_TEXT;
+            } else if (strcmp(item->key, "devices") == 0) {
+                typed = false;
+            }
+        }
+    }
+    s->typed_check = typed;
+}
+
 TriggerSetup *trigger_setup(TriggerData *td) {
     Trigger *tg = td->tg_trigger;
     Relation rel = td->tg_relation;
@@ -458,7 +514,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
         for (int i = 0; i < desc->natts; i++) {
             Form_pg_attribute att = TupleDescAttr(desc, i);
             if (att->attisdropped) continue;
-            s->items[s->nitems] = {bunce::MappingItem::field, pstrdup(NameStr(att->attname)), s->nitems};
+            s->items[s->nitems] = {bunce::MappingItem::field, pstrdup(NameStr(att->attname)), s->nitems, ROLE_NONE};
             add_column(s, rel, att->attnum, s->nitems);
             s->nitems++;
         }
@@ -474,7 +530,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
             columns = static_cast<char **>(palloc_extended(sizeof(char *) * parsed.size(), MCXT_ALLOC_NO_OOM));
             if (!items || !columns) throw std::bad_alloc();
             for (const auto &p : parsed) {
-                items[nitems] = {p.kind, pstrdup_nothrow(p.key.data(), p.key.size()), -1};
+                items[nitems] = {p.kind, pstrdup_nothrow(p.key.data(), p.key.size()), -1, ROLE_NONE};
                 columns[nitems] = pstrdup_nothrow(p.column.data(), p.column.size());
                 nitems++;
             }
@@ -507,6 +563,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
         s->nitems = nitems;
     }
     MemoryContextSwitchTo(old);
+    assign_roles(s);
     s->valid = true;
     return s;
 }
@@ -525,14 +582,37 @@ void append_utc(StringInfo buf, TimestampTz ts, Column *c, Datum d) {
                      tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-void append_value(StringInfo buf, Column *c, Datum d) {
+// Text that is a date-time with an offset is normalised like any payload string.
+void append_text(StringInfo buf, const char *text) {
+    const size_t len = strlen(text);
+    if (len >= 17 && len <= 40 && text[4] == '-' && text[7] == '-') {
+        char normalised[32] = "";
+        CoreError err;
+        if (guarded(err, [&] {
+                if (auto ts = bunce::normalise_timestamp(text)) strlcpy(normalised, ts->c_str(), sizeof normalised);
+            }) && normalised[0]) {
+            escape_json(buf, normalised);
+            return;
+        }
+    }
+    escape_json(buf, text);
+}
+
+// Appends a column's value; returns its text when the item has a role (else nullptr).
+const char *append_value(StringInfo buf, Column *c, Datum d, Role role) {
+    if (role != ROLE_NONE && (c->kind == KIND_TEXT || c->kind == KIND_INT)) {
+        // Emails and ids are strings to Bunce (an integer customer_id becomes one).
+        char *text = OutputFunctionCall(&c->output, d);
+        append_text(buf, text);
+        return text;
+    }
     switch (c->kind) {
         case KIND_BOOL:
             appendStringInfoString(buf, DatumGetBool(d) ? "true" : "false");
-            return;
+            break;
         case KIND_INT:
             appendStringInfoString(buf, OutputFunctionCall(&c->output, d));
-            return;
+            break;
         case KIND_NUMBER: {
             char *s = OutputFunctionCall(&c->output, d);
             // NaN and infinities have no JSON number form.
@@ -540,38 +620,41 @@ void append_value(StringInfo buf, Column *c, Datum d) {
                 appendStringInfoString(buf, s);
             else
                 escape_json(buf, s);
-            return;
+            break;
         }
         case KIND_TIMESTAMPTZ:
             append_utc(buf, DatumGetTimestampTz(d), c, d);
-            return;
+            break;
         case KIND_TIMESTAMP:
             // As PostgreSQL's own cast to timestamptz: the value is local time in TimeZone.
             append_utc(buf, DatumGetTimestampTz(DirectFunctionCall1(timestamp_timestamptz, d)), c, d);
-            return;
+            break;
         case KIND_DATE: {
             // Midnight UTC of that day: a date stays the same date in Bunce.
             DateADT date = DatumGetDateADT(d);
             if (DATE_NOT_FINITE(date)) escape_json(buf, OutputFunctionCall(&c->output, d));
             else append_utc(buf, static_cast<TimestampTz>(date) * USECS_PER_DAY, c, d);
-            return;
+            break;
         }
         case KIND_JSON:
             appendStringInfoString(buf, OutputFunctionCall(&c->output, d));
-            return;
+            break;
         case KIND_JSONB: {
             Jsonb *jb = DatumGetJsonbP(d);
             JsonbToCString(buf, &jb->root, VARSIZE(jb));
-            return;
+            break;
         }
         case KIND_TEXT:
-            escape_json(buf, OutputFunctionCall(&c->output, d));
-            return;
+            append_text(buf, OutputFunctionCall(&c->output, d));
+            break;
     }
+    return nullptr;
 }
 
-// The payload of one row as JSON text; NULL columns are left out.
-void row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot) {
+// The payload of one row as JSON text; NULL columns are left out. Fills in the fields
+// Bunce's rules are about.
+void row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot, bunce::PayloadFields *fields) {
+    *fields = bunce::PayloadFields();
     resetStringInfo(buf);
     appendStringInfoChar(buf, '{');
     bool first = true;
@@ -593,10 +676,14 @@ void row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot) {
         appendStringInfoChar(buf, ':');
         if (item->kind == bunce::MappingItem::begin_object) {
             appendStringInfoChar(buf, '{');
+            fields->has_customer |= item->role == ROLE_CUSTOMER;
             first = true;
             continue;
         }
-        append_value(buf, &s->columns[item->column], d);
+        const char *text = append_value(buf, &s->columns[item->column], d, item->role);
+        if (item->role == ROLE_EMAIL) fields->email = text;
+        else if (item->role == ROLE_CUSTOMER_ID) fields->customer_id = text;
+        else if (item->role == ROLE_CUSTOMER_EMAIL) fields->customer_email = text;
         first = false;
     }
     appendStringInfoChar(buf, '}');
@@ -604,9 +691,14 @@ void row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot) {
 
 void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringInfo buf,
                  const char *context) {
-    row_payload(buf, s, slot);
+    bunce::PayloadFields fields;
+    row_payload(buf, s, slot, &fields);
     CoreError err;
-    Datum payload = prepare(buf->data, 0, err);
+    Datum payload = 0;
+    if (!s->typed_check)
+        payload = prepare(buf->data, 0, err);
+    else if (guarded(err, [&] { bunce::check_fields(fields); }))
+        payload = DirectFunctionCall1(jsonb_in, CStringGetDatum(buf->data));
     if (err.failed) {
         refuse(err, context, UUIDPGetDatum(&s->event_id), false, buf->data);
         return;
