@@ -330,3 +330,44 @@ TEST(IsValidEmail, Negatives) {
         EXPECT_FALSE(is_valid_email(e)) << "\"" << e << "\"";
     }
 }
+
+// check_fields must refuse exactly what prepare_payload refuses, with the same message.
+TEST(CheckFields, AgreesWithPreparePayload) {
+    struct Case {
+        const char *json;
+        bunce::PayloadFields fields;
+    };
+    auto f = [](const char *email, bool customer, const char *id, const char *cemail) {
+        bunce::PayloadFields x;
+        x.email = email;
+        x.has_customer = customer;
+        x.customer_id = id;
+        x.customer_email = cemail;
+        return x;
+    };
+    const Case cases[] = {
+        {R"({"email": "ada@example.com"})", f("ada@example.com", false, nullptr, nullptr)},
+        {R"({"email": "nope"})", f("nope", false, nullptr, nullptr)},
+        {R"({"amount": 1})", f(nullptr, false, nullptr, nullptr)},
+        {R"({"customer": {}})", f(nullptr, true, nullptr, nullptr)},
+        {R"({"customer": {"customer_id": ""}})", f(nullptr, true, "", nullptr)},
+        {R"({"customer": {"customer_id": "42"}})", f(nullptr, true, "42", nullptr)},
+        {R"({"customer": {"email": "x@y"}})", f(nullptr, true, nullptr, "x@y")},
+        {R"({"customer": {"email": "x@y.io"}})", f(nullptr, true, nullptr, "x@y.io")},
+        {R"({"email": "bad", "customer": {"customer_id": "1"}})", f("bad", true, "1", nullptr)},
+    };
+    for (const auto &c : cases) {
+        std::string expected, actual;
+        try {
+            prepare_payload(c.json);
+        } catch (const InvalidPayload &e) {
+            expected = e.what();
+        }
+        try {
+            bunce::check_fields(c.fields);
+        } catch (const InvalidPayload &e) {
+            actual = e.what();
+        }
+        EXPECT_EQ(expected, actual) << c.json;
+    }
+}
