@@ -1,0 +1,357 @@
+
+# Shared helpers for the bunce TAP tests: the Bunce stand-in (test/bunce_standin.py) and its
+# control API, a PostgreSQL node with bunce preloaded and pointed at a stand-in, and bounded
+# waits for conditions (never fixed sleeps where a condition can be waited for).
+#
+#   my $bunce = BunceTest::Standin->start(rate_limit => 0);
+#   my $node  = bunce_node('main', $bunce, conf => "bunce.rate_limit = 0\n");
+#   $node->safe_psql('postgres', enqueue_sql(1));
+#   ok(wait_for('1 delivered', sub { $bunce->stats->{delivered} == 1 }), '...');
+package BunceTest;
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use Exporter 'import';
+use File::Basename qw(dirname);
+use HTTP::Tiny;
+use JSON::PP;
+use POSIX ();
+use Time::HiRes qw(time usleep);
+use Test::More;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+
+our @EXPORT = qw(
+  $EVENT_ID bunce_node wait_for wait_sql sql_value enqueue_sql worker_pid
+  log_offset log_since log_count show_state requests_where payload_ns sorted_uniq
+  wait_worker_idle
+);
+
+# The event every test triggers unless it needs another (any UUID does: the stand-in accepts
+# every event unless told the list with config(events => [...])).
+our $EVENT_ID = '9bb6215c-e2b1-4e51-abff-3a96ca185088';
+
+my $STANDIN_SCRIPT = abs_path(dirname(__FILE__) . '/../bunce_standin.py');
+
+# --------------------------------------------------------------------------------------------
+# Waiting.
+
+# Calls $cond every interval until it returns true (returns that value) or the timeout
+# passes (returns 0 after a diag naming what was awaited, unless quiet => 1).
+sub wait_for
+{
+	my ($desc, $cond, %opt) = @_;
+	my $timeout  = $opt{timeout}     // 30;
+	my $interval = $opt{interval_ms} // 50;
+	my $deadline = time() + $timeout;
+	while (1)
+	{
+		my $v = $cond->();
+		return $v if $v;
+		if (time() > $deadline)
+		{
+			# quiet => 1: for watches that are expected to see nothing
+			diag("timed out after ${timeout}s waiting for: $desc") unless $opt{quiet};
+			return 0;
+		}
+		usleep($interval * 1000);
+	}
+}
+
+# Runs $sql until its output equals $expected (errors count as "not yet": the server may be
+# restarting). Bounded, unlike poll_query_until's 180 s default.
+sub wait_sql
+{
+	my ($node, $sql, $expected, %opt) = @_;
+	$expected = 't' unless defined $expected;
+	my $last = '';
+	my $ok = wait_for(
+		"query [$sql] to return [$expected]",
+		sub {
+			my ($out, $err) = ('', '');
+			$node->psql($opt{db} // 'postgres', $sql,
+				stdout => \$out, stderr => \$err);
+			$last = "$out" . ($err ne '' ? " (stderr: $err)" : '');
+			return $out eq $expected && $err eq '';
+		},
+		timeout     => $opt{timeout} // 30,
+		interval_ms => $opt{interval_ms} // 100);
+	diag("last output: $last") unless $ok;
+	return $ok;
+}
+
+# One value (or '' on error) without dying: for diagnostics and polling.
+sub sql_value
+{
+	my ($node, $sql) = @_;
+	my ($out, $err) = ('', '');
+	$node->psql('postgres', $sql, stdout => \$out, stderr => \$err);
+	return $out;
+}
+
+# --------------------------------------------------------------------------------------------
+# The node.
+
+# A node with bunce preloaded, pointed at $standin (or at url => ...), extension created
+# (unless no_extension => 1) and the worker seen running. Options: conf (extra
+# postgresql.conf text), init (hashref of init options), key, url, wait_state (default
+# 'running'; undef to not wait).
+sub bunce_node
+{
+	my ($name, $standin, %opt) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opt{init} // {} });
+	my $url = $opt{url} // $standin->url;
+	my $key = $opt{key} // 'sk_test_standin';
+	$node->append_conf('postgresql.conf', <<"EOC");
+shared_preload_libraries = 'bunce'
+bunce.database = 'postgres'
+bunce.api_url = '$url'
+bunce.api_key = '$key'
+bunce.request_timeout = '2s'
+EOC
+	$node->append_conf('postgresql.conf', $opt{conf}) if defined $opt{conf};
+	$node->start;
+	return $node if $opt{no_extension};
+
+	$node->safe_psql('postgres', 'CREATE EXTENSION bunce');
+	# The worker looks for the extension every 5 s; a reload (SIGHUP sets its latch) makes it
+	# look now, which keeps the tests short. 060 tests the unpoked path.
+	$node->reload;
+	my $state = exists $opt{wait_state} ? $opt{wait_state} : 'running';
+	if (defined $state)
+	{
+		wait_sql($node, 'SELECT state FROM bunce.status', $state, timeout => 20)
+		  or BAIL_OUT("bunce worker of node $name did not reach state $state");
+	}
+	return $node;
+}
+
+# SQL that enqueues one event per n in @ns, each in its own transaction (psql autocommit),
+# with payload {"email": "u<n>@example.com", "n": n, "tag": tag, "at": now()}.
+sub enqueue_sql
+{
+	my ($ns, %opt) = @_;
+	my @ns  = ref $ns ? @$ns : ($ns);
+	my $tag = $opt{tag}   // 'test';
+	my $ev  = $opt{event} // $EVENT_ID;
+	return join '',
+	  map {
+		"SELECT bunce_trigger('$ev', jsonb_build_object('email', 'u$_\@example.com', "
+		  . "'n', $_, 'tag', '$tag', 'at', now()));\n"
+	  } @ns;
+}
+
+sub worker_pid
+{
+	my ($node) = @_;
+	return sql_value($node,
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'bunce worker'");
+}
+
+# The worker waits on its latch (idle between rounds): nothing in flight, nothing due.
+sub wait_worker_idle
+{
+	my ($node) = @_;
+	return wait_sql(
+		$node,
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bunce worker' "
+		  . "AND state = 'idle' AND wait_event_type = 'Extension' "
+		  . "AND (SELECT in_flight FROM bunce.status) = 0 "
+		  . "AND NOT EXISTS (SELECT FROM bunce.outbox)",
+		'1', timeout => 20);
+}
+
+sub log_offset { my ($node) = @_; return -s $node->logfile // 0; }
+
+sub log_since
+{
+	my ($node, $offset) = @_;
+	return slurp_file($node->logfile, $offset // 0);
+}
+
+# How many messages of the node's log (from $offset) match $re. Only lines that begin a
+# message count, and not the "statement:" lines of log_statement = all (the TAP default),
+# which would echo the test's own queries.
+sub log_count
+{
+	my ($node, $re, $offset) = @_;
+	return scalar grep { /^\d{4}-\d\d-\d\d / && !/ LOG:  statement: / && /$re/ }
+	  split /\n/, log_since($node, $offset);
+}
+
+# note()s what helps to understand a failure.
+sub show_state
+{
+	my ($node, $standin, $what) = @_;
+	note("---- state" . ($what ? " ($what)" : ''));
+	if ($node)
+	{
+		note("bunce.status: "
+			  . sql_value($node, 'SELECT row_to_json(s) FROM bunce.status s'));
+		note("outbox: "
+			  . sql_value($node,
+				"SELECT count(*) || ' rows, ' || count(*) FILTER (WHERE sending_since IS NOT NULL) "
+				  . "|| ' claimed, last_status ' || coalesce(string_agg(DISTINCT last_status::text, ','), '-') "
+				  . "|| ', last_error ' || coalesce(max(last_error), '-') FROM bunce.outbox"));
+		note("dead letters: "
+			  . sql_value($node,
+				"SELECT coalesce(json_agg(json_build_object('id', id, 'reason', reason, 'status', "
+				  . "http_status, 'message', message, 'attempts', attempts)), '[]') FROM bunce.dead_letters"));
+		my @log = split /\n/, log_since($node, 0);
+		@log = grep { /bunce|ERROR|FATAL|PANIC|terminated/ && !/statement: / } @log;
+		@log = @log[-25 .. -1] if @log > 25;
+		note("log: $_") for @log;
+	}
+	if ($standin)
+	{
+		my $s = eval { $standin->stats };
+		note("stand-in stats: " . ($s ? JSON::PP->new->canonical->encode($s) : "unavailable: $@"));
+	}
+	return;
+}
+
+# Requests recorded by $standin (since seq $since) for which $filter->($record) is true.
+sub requests_where
+{
+	my ($standin, $filter, $since) = @_;
+	return [ grep { $filter->($_) } @{ $standin->requests($since // 0) } ];
+}
+
+# The "n" of each request's payload, in arrival order.
+sub payload_ns
+{
+	my ($requests) = @_;
+	return [ map { $_->{json}{payload}{n} // 'none' } @$requests ];
+}
+
+sub sorted_uniq
+{
+	my %seen;
+	return [ sort { $a <=> $b } grep { !$seen{$_}++ } @_ ];
+}
+
+# --------------------------------------------------------------------------------------------
+# The stand-in, one process per object, killed at END at the latest.
+package BunceTest::Standin;
+
+use strict;
+use warnings;
+
+use HTTP::Tiny;
+use JSON::PP;
+use POSIX ();
+use Time::HiRes qw(time usleep);
+use Test::More;
+use PostgreSQL::Test::Utils;
+
+my @running;
+my $json = JSON::PP->new->canonical;
+
+# start(rate_limit => N, api_key => K, block_seconds => S)
+sub start
+{
+	my ($class, %opt) = @_;
+	my $dir       = PostgreSQL::Test::Utils::tempdir('standin');
+	my $port_file = "$dir/port";
+	my @cmd = ('/usr/bin/python3', $STANDIN_SCRIPT, '--port', '0', '--port-file',
+		$port_file, '--quiet');
+	push @cmd, '--rate-limit', $opt{rate_limit} if defined $opt{rate_limit};
+	push @cmd, '--api-key', $opt{api_key} if defined $opt{api_key};
+	push @cmd, '--block-seconds', $opt{block_seconds} if defined $opt{block_seconds};
+
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		exec(@cmd) or POSIX::_exit(127);
+	}
+	my $self = bless { pid => $pid, port => undef }, $class;
+	push @running, $self;
+
+	my $deadline = time() + 15;
+	while (time() < $deadline)
+	{
+		if (-s $port_file)
+		{
+			my $text = slurp_file($port_file);
+			if ($text =~ /^(\d+)\n/) { $self->{port} = $1; last; }
+		}
+		if (waitpid($pid, POSIX::WNOHANG()) == $pid)
+		{
+			$self->{pid} = undef;
+			die "bunce stand-in exited early (status $?): @cmd";
+		}
+		usleep(20_000);
+	}
+	die "bunce stand-in did not write $port_file within 15 s" unless $self->{port};
+	$self->{http} = HTTP::Tiny->new(timeout => 15, keep_alive => 1);
+	$self->call('GET', '/control/health');
+	note("bunce stand-in pid $pid on port $self->{port}");
+	return $self;
+}
+
+sub port { return $_[0]{port}; }
+sub url  { return "http://127.0.0.1:$_[0]{port}/v1"; }
+
+sub call
+{
+	my ($self, $method, $path, $body) = @_;
+	my %args;
+	if (defined $body)
+	{
+		$args{content} = $json->encode($body);
+		$args{headers} = { 'Content-Type' => 'application/json' };
+	}
+	my $r = $self->{http}->request($method, "http://127.0.0.1:$self->{port}$path", \%args);
+	die "stand-in $method $path: $r->{status} $r->{reason} $r->{content}"
+	  unless $r->{success};
+	return decode_json($r->{content});
+}
+
+# script([steps], every => {nth => N, delay_ms => MS} | undef)
+sub script
+{
+	my ($self, $steps, %opt) = @_;
+	my $body = { steps => $steps // [] };
+	$body->{every} = $opt{every} if exists $opt{every};
+	return $self->call('POST', '/control/script', $body);
+}
+
+sub requests
+{
+	my ($self, $since) = @_;
+	return $self->call('GET', '/control/requests?since=' . ($since // 0))->{requests};
+}
+
+sub stats  { return $_[0]->call('GET',  '/control/stats'); }
+sub reset  { return $_[0]->call('POST', '/control/reset', {}); }
+sub config { my ($self, %cfg) = @_; return $self->call('POST', '/control/config', \%cfg); }
+
+sub stop
+{
+	my ($self) = @_;
+	my $pid = $self->{pid};
+	return unless $pid;
+	$self->{pid} = undef;
+	kill 'TERM', $pid;
+	my $deadline = time() + 5;
+	while (time() < $deadline)
+	{
+		return if waitpid($pid, POSIX::WNOHANG()) == $pid;
+		usleep(20_000);
+	}
+	kill 'KILL', $pid;
+	waitpid($pid, 0);
+	return;
+}
+
+END
+{
+	local $?;    # keep the test's exit status
+	$_->stop for @running;
+}
+
+1;
