@@ -86,7 +86,8 @@ elif [ "$ONLY" != unit ]; then
     echo "== TAP (worker, crashes, failover) against the Bunce stand-in"
     as_pg "make installcheck REGRESS= ISOLATION= PROVE_FLAGS='-I test/t -v' PROVE_TESTS='$PROVE_TESTS'" >"$LOGDIR/tap.log" 2>&1
     ok=$(grep -cE '^ok [0-9]+' "$LOGDIR/tap.log")
-    bad=$(grep -cE '^not ok [0-9]+' "$LOGDIR/tap.log")
+    # "not ok ... # TODO" is a known, documented gap that prove does not count as failed.
+    bad=$(grep -E '^not ok [0-9]+' "$LOGDIR/tap.log" | grep -vc '# TODO')
     grep -qE '^Result: PASS' "$LOGDIR/tap.log" || { [ "$bad" != 0 ] || bad=1; }
     record "TAP" "$ok" "$bad"
     grep -E '^(not ok|t/|test/t/|Result:|Files=)|Dubious|Failed' "$LOGDIR/tap.log" | head -40

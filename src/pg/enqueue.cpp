@@ -254,11 +254,22 @@ int64 refuse(const CoreError &err, const char *context, Datum event_id, bool eve
              const char *payload_text) {
     if (on_invalid == ON_INVALID_ERROR) raise(err, context);
 
-    bunce_namespace();
+    // Written as the owner of bunce.dead_letters: the caller needs no privilege on schema
+    // bunce (the right to enqueue is EXECUTE on bunce_trigger, or being able to fire the
+    // trigger). Everything in the statement is schema-qualified, as it runs with the caller's
+    // search_path.
+    Oid dead_relid = get_relname_relid("dead_letters", bunce_namespace());
+    if (!OidIsValid(dead_relid))
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("bunce.dead_letters is missing"),
+                        errhint("Reinstall the extension: DROP EXTENSION bunce; CREATE EXTENSION bunce.")));
+    Relation dead_rel = table_open(dead_relid, AccessShareLock);
+    const Oid dead_owner = dead_rel->rd_rel->relowner;
+    table_close(dead_rel, NoLock);
     const char *sql =
         "INSERT INTO bunce.dead_letters (id, event_id, payload, idempotency_key, reason, message, "
-        "attempts, enqueued_at) VALUES (nextval('bunce.event_id_seq'), $1, $2, "
-        "gen_random_uuid(), 'invalid', $3, 0, now()) RETURNING id";
+        "attempts, enqueued_at) VALUES (pg_catalog.nextval('bunce.event_id_seq'::pg_catalog.regclass), "
+        "$1, $2, pg_catalog.gen_random_uuid(), 'invalid', $3, 0, pg_catalog.now()) RETURNING id";
     Oid types[3] = {UUIDOID, JSONBOID, TEXTOID};
     Datum values[3];
     char nulls[3] = {' ', ' ', ' '};
@@ -267,11 +278,15 @@ int64 refuse(const CoreError &err, const char *context, Datum event_id, bool eve
     // Keep what was given, even when it is not JSON, so nothing is lost.
     if (!payload_text) {
         nulls[1] = 'n';
+    } else if (err.sqlstate == ERRCODE_INVALID_TEXT_REPRESENTATION) {
+        StringInfoData wrapped;  // {"unparsed": "<the text, as a JSON string>"}
+        initStringInfo(&wrapped);
+        appendStringInfoString(&wrapped, "{\"unparsed\": ");
+        escape_json(&wrapped, payload_text);
+        appendStringInfoChar(&wrapped, '}');
+        values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(wrapped.data));
     } else {
-        values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(
-            err.sqlstate == ERRCODE_INVALID_TEXT_REPRESENTATION
-                ? psprintf("{\"unparsed\": %s}", quote_literal_cstr(payload_text))
-                : payload_text));
+        values[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(payload_text));
     }
     StringInfoData message;
     initStringInfo(&message);
@@ -279,12 +294,19 @@ int64 refuse(const CoreError &err, const char *context, Datum event_id, bool eve
     appendStringInfoString(&message, err.message);
     values[2] = CStringGetTextDatum(message.data);
 
+    Oid save_userid;
+    int save_sec_context;
+    GetUserIdAndSecContext(&save_userid, &save_sec_context);
+    // An ERROR in between is fine: transaction abort restores the user id.
+    SetUserIdAndSecContext(dead_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+                                           SECURITY_RESTRICTED_OPERATION);
     SPI_connect();
     if (SPI_execute_with_args(sql, 3, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
         elog(ERROR, "could not insert into bunce.dead_letters");
     bool isnull;
     int64 id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
     SPI_finish();
+    SetUserIdAndSecContext(save_userid, save_sec_context);
     ereport(WARNING, (errcode(err.sqlstate), errmsg("bunce event refused and kept as dead letter %lld",
                                                     static_cast<long long>(id)),
                       errdetail("%s", message.data),

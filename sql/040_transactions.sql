@@ -1,0 +1,91 @@
+-- bunce_trigger enqueues in the caller's transaction: the caller's transaction decides.
+CREATE EXTENSION bunce;
+CREATE TABLE orders (id int PRIMARY KEY, email text, total numeric);
+
+-- Rolled back: nothing in the outbox.
+BEGIN;
+INSERT INTO orders VALUES (1, 'ada@example.com', 10);
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "n": 1}') > 0 AS enqueued;
+SELECT count(*) AS visible_inside FROM bunce.outbox;
+ROLLBACK;
+SELECT count(*) AS queued FROM bunce.outbox;
+
+-- A refused event aborts the whole transaction, the business write with it.
+BEGIN;
+INSERT INTO orders VALUES (2, 'ada@example.com', 20);
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "n": 2}') > 0 AS enqueued;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "not an email", "n": 3}');
+SELECT 1;  -- the transaction is aborted
+COMMIT;    -- so this rolls back
+SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM bunce.outbox) AS queued;
+
+-- The same from a function: one statement, all or nothing.
+CREATE FUNCTION place_order(order_id int, customer_email text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO orders VALUES (order_id, customer_email, 30);
+    PERFORM bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+                          jsonb_build_object('email', customer_email, 'order', order_id));
+END
+$$;
+SELECT place_order(4, 'nope');
+SELECT place_order(5, 'grace@example.org');
+SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM bunce.outbox) AS queued;
+
+-- A savepoint rolled back removes just its events.
+BEGIN;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "step": "before"}') > 0 AS enqueued;
+SAVEPOINT s1;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "step": "in s1"}') > 0 AS enqueued;
+SAVEPOINT s2;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "step": "in s2"}') > 0 AS enqueued;
+ROLLBACK TO SAVEPOINT s1;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "step": "after rollback to s1"}') > 0 AS enqueued;
+SAVEPOINT s3;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "step": "in s3, released"}') > 0 AS enqueued;
+RELEASE SAVEPOINT s3;
+-- a failed call inside a savepoint: roll back to it and go on
+SAVEPOINT s4;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"step": "no recipient"}');
+ROLLBACK TO SAVEPOINT s4;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "step": "last"}') > 0 AS enqueued;
+COMMIT;
+SELECT payload ->> 'step' AS step FROM bunce.outbox WHERE payload ? 'step' ORDER BY id;
+
+-- The same with PL/pgSQL exception blocks (subtransactions).
+DO $$
+BEGIN
+    PERFORM bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "block": "kept"}');
+    BEGIN
+        PERFORM bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "block": "undone"}');
+        RAISE EXCEPTION 'give up';
+    EXCEPTION WHEN raise_exception THEN
+        NULL;
+    END;
+END
+$$;
+SELECT payload ->> 'block' AS block FROM bunce.outbox WHERE payload ? 'block' ORDER BY id;
+
+-- The returned id is the outbox id, and ids increase.
+BEGIN;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "mark": "a"}') AS a_id \gset
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "mark": "b"}') AS b_id \gset
+SELECT payload ->> 'mark' AS mark FROM bunce.outbox WHERE id = :a_id;
+SELECT payload ->> 'mark' AS mark FROM bunce.outbox WHERE id = :b_id;
+SELECT :b_id > :a_id AS increasing, :a_id = (SELECT max(id) FROM bunce.outbox WHERE payload ->> 'mark' = 'a') AS same;
+COMMIT;
+-- Several calls in one statement: one row each, each id its own.
+SELECT count(DISTINCT id) AS distinct_ids, count(*) AS calls
+FROM (SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+                           jsonb_build_object('email', 'ada@example.com', 'i', i)) AS id
+      FROM generate_series(1, 50) i) s;
+SELECT count(*) AS rows_for_series FROM bunce.outbox WHERE payload ? 'i';
+
+-- The rows are written with the caller's transaction id (an ordinary insert).
+BEGIN;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com", "mark": "xmin"}') > 0 AS enqueued;
+SELECT xmin::text = txid_current()::text AS same_transaction FROM bunce.outbox WHERE payload ->> 'mark' = 'xmin';
+COMMIT;
+
+DROP FUNCTION place_order(int, text);
+DROP TABLE orders;
+DROP EXTENSION bunce;
