@@ -432,6 +432,7 @@ int record(Answer *r, int n, int *delivered, int *dead, const Answer **last_erro
                         int4s(again.extra2, again.n)};
         run(plan_retry, args, SPI_OK_UPDATE);
         look_for_work = true;  // unpaused retries may be due at once
+        last_retry_count = 0;  // bunce.status.waiting_retry: count them this round
     }
     *delivered = ok.n;
     *dead = gone.n;
@@ -719,6 +720,9 @@ void bunce_worker_main(Datum) {
         now = GetCurrentTimestamp();
         prune_deliveries(now);
         count_waiting_retry(now);
+        // A background worker reports its table statistics itself; without them autovacuum
+        // would not see the outbox's deletes and updates.
+        const long stats_ms = pgstat_report_stat(false);
 
         // Wait for: the latch (a commit, SIGHUP, SIGTERM), a socket, libcurl's timer, the
         // next retry coming due, the rate limiter, the end of a pause.
@@ -731,6 +735,7 @@ void bunce_worker_main(Datum) {
         if (next_due) timeout = Min(timeout, ms_until(next_due, now));
         if (paused_until) timeout = Min(timeout, ms_until(paused_until, now));
         if (stop_requested) timeout = Min(timeout, ms_until(stop_deadline, now));
+        if (stats_ms > 0) timeout = Min(timeout, stats_ms);
         WaitEventSet *set = CreateWaitEventSet(loop_cxt, nsockets + 2);
         AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, nullptr);
         AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, nullptr, nullptr);
