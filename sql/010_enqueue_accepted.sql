@@ -31,6 +31,9 @@ SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
 -- an empty device list, and optional fields set to null, are fine
 SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
                      '{"customer": {"customer_id": "8", "first_name": null, "devices": []}}') > 0 AS enqueued;
+-- null is the same as absent, for devices as for the other optional fields
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+                     '{"customer": {"customer_id": "8", "devices": null}}') > 0 AS enqueued;
 -- both email and customer
 SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
                      '{"email": "ada@example.com", "customer": {"customer_id": "1"}}') > 0 AS enqueued;

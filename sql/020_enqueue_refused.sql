@@ -72,7 +72,8 @@ INSERT INTO refused (label, payload) VALUES
     ('device missing token',      '{"customer": {"customer_id": "1", "devices": [{"device_type": "ios"}]}}'),
     ('device token a number',     '{"customer": {"customer_id": "1", "devices": [{"device_type": "ios", "device_token": 5}]}}'),
     ('device missing type',       '{"customer": {"customer_id": "1", "devices": [{"device_token": "t"}]}}'),
-    ('second device bad',         '{"customer": {"customer_id": "1", "devices": [{"device_type": "ios", "device_token": "t"}, {}]}}');
+    ('second device bad',         '{"customer": {"customer_id": "1", "devices": [{"device_type": "ios", "device_token": "t"}, {}]}}'),
+    ('number beyond double',      '{"email": "ada@example.com", "n": 1e400}');
 
 SELECT r.n, r.label, t.code, t.message
 FROM refused r,

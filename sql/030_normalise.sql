@@ -97,9 +97,12 @@ SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
 SELECT payload FROM bunce.outbox ORDER BY id DESC LIMIT 1;
 RESET TimeZone;
 
--- Numbers stay numbers, strings that look like numbers stay strings.
+-- Numbers stay numbers, exactly as written, even when the payload is rewritten for a
+-- timestamp; strings that look like numbers stay strings.
 SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
     jsonb_build_object('email', 'ada@example.com', 'i', 42, 'neg', -7, 'f', 120.5, 'big', 9007199254740993,
+                       'money', 120.50, 'huge', 123456789012345678901234567890,
+                       'precise', 0.1000000000000000000001,
                        's', '42', 'd', '2024-05-01T10:00:00+02:00')) > 0 AS enqueued;
 SELECT payload, jsonb_typeof(payload -> 'i') AS i, jsonb_typeof(payload -> 'f') AS f,
        jsonb_typeof(payload -> 'big') AS big, jsonb_typeof(payload -> 's') AS s

@@ -1,5 +1,9 @@
 #include "payload.hpp"
 
+#include <cstring>
+#include <optional>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "errors.hpp"
@@ -19,20 +23,74 @@ const char *kShapeHint =
     throw InvalidPayload(message, hint);
 }
 
-// Rewrites every date-time string below v into Bunce's form; true if anything changed.
-bool normalise_values(json &v) {
-    bool changed = false;
-    if (v.is_string()) {
-        if (auto ts = normalise_timestamp(v.get_ref<const std::string &>())) {
-            if (*ts != v.get_ref<const std::string &>()) {
-                v = std::move(*ts);
-                changed = true;
+bool is_integer_token(std::string_view t) {
+    if (!t.empty() && t.front() == '-') t.remove_prefix(1);
+    if (t.empty()) return false;
+    for (char c : t)
+        if (c < '0' || c > '9') return false;
+    return true;
+}
+
+// Normalises the payload in its JSON text: every date-time string value into Bunce's form,
+// an integer customer.customer_id into a string. Working on the text rather than a parsed
+// tree keeps every number exactly as written (120.50 stays 120.50, large integers stay whole).
+// The text must be valid JSON; returns nullopt when nothing changes.
+std::optional<std::string> normalise_text(std::string_view t) {
+    struct Level {
+        bool object;
+        bool expect_key;
+        std::string_view key;  // the key of the value being read, in an object
+    };
+    std::vector<Level> levels;
+    std::string out;
+    size_t copied = 0;  // t[0, copied) is in out
+    auto replace = [&](size_t from, size_t to, const std::string &with) {
+        if (out.empty()) out.reserve(t.size() + 16);
+        out.append(t.substr(copied, from - copied));
+        out.append(with);
+        copied = to;
+    };
+    for (size_t i = 0; i < t.size();) {
+        const char c = t[i];
+        if (c == '"') {
+            size_t end = i + 1;
+            bool escaped = false;
+            while (t[end] != '"') {
+                if (t[end] == '\\') {
+                    escaped = true;
+                    end++;
+                }
+                end++;
             }
+            const std::string_view text = t.substr(i + 1, end - i - 1);
+            if (!levels.empty() && levels.back().object && levels.back().expect_key) {
+                levels.back().key = text;
+                levels.back().expect_key = false;
+            } else if (!escaped) {  // a date-time needs no escapes
+                if (auto ts = normalise_timestamp(text); ts && *ts != text)
+                    replace(i, end + 1, '"' + *ts + '"');
+            }
+            i = end + 1;
+            continue;
         }
-    } else if (v.is_structured()) {
-        for (auto &child : v) changed |= normalise_values(child);
+        if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t end = i;
+            while (end < t.size() && std::strchr("+-.0123456789eE", t[end])) end++;
+            const std::string_view number = t.substr(i, end - i);
+            if (levels.size() == 2 && levels[0].key == "customer" && levels[1].object &&
+                levels[1].key == "customer_id" && is_integer_token(number))
+                replace(i, end, '"' + std::string(number) + '"');
+            i = end;
+            continue;
+        }
+        if (c == '{' || c == '[') levels.push_back({c == '{', c == '{', {}});
+        else if (c == '}' || c == ']') levels.pop_back();
+        else if (c == ',' && levels.back().object) levels.back().expect_key = true;
+        i++;
     }
-    return changed;
+    if (copied == 0) return std::nullopt;
+    out.append(t.substr(copied));
+    return out;
 }
 
 void check_email_text(std::string_view email, const char *field) {
@@ -58,24 +116,23 @@ void check_optional_string(const json &customer, const char *key) {
                "Bunce expects first_name, last_name and phone_no as strings.");
 }
 
-// Returns true if it changed the customer (a numeric customer_id made a string).
-bool check_customer(json &customer) {
+// An integer customer_id is accepted: normalise_text makes it a string.
+void check_customer(const json &customer) {
     if (!customer.is_object())
         refuse("payload field \"customer\" must be a JSON object",
                "Send one customer object, for example {\"customer_id\": \"42\"}.");
-    bool changed = false;
     bool has_id = false;
     auto id = customer.find("customer_id");
     if (id != customer.end() && !id->is_null()) {
         if (id->is_number_integer()) {
-            *id = id->dump();
-            changed = true;
-        }
-        if (!id->is_string())
+            has_id = true;
+        } else if (!id->is_string()) {
             refuse("payload field \"customer.customer_id\" must be a string",
                    "Pass the customer id as text or as an integer.");
-        if (id->get_ref<const std::string &>().empty()) refuse_empty_customer_id();
-        has_id = true;
+        } else {
+            if (id->get_ref<const std::string &>().empty()) refuse_empty_customer_id();
+            has_id = true;
+        }
     }
     auto email = customer.find("email");
     if (email != customer.end() && !email->is_null()) check_email(*email, "customer.email");
@@ -85,7 +142,7 @@ bool check_customer(json &customer) {
     check_optional_string(customer, "last_name");
     check_optional_string(customer, "phone_no");
     auto devices = customer.find("devices");
-    if (devices != customer.end()) {
+    if (devices != customer.end() && !devices->is_null()) {
         const char *hint = "Use [{\"device_type\": \"ios\", \"device_token\": \"...\"}].";
         if (!devices->is_array())
             refuse("payload field \"customer.devices\" must be an array", hint);
@@ -101,7 +158,6 @@ bool check_customer(json &customer) {
             }
         }
     }
-    return changed;
 }
 
 }  // namespace
@@ -134,22 +190,27 @@ void check_fields(const PayloadFields &f) {
 }
 
 PreparedPayload prepare_payload(std::string_view text) {
-    json payload = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (payload.is_discarded()) throw InvalidJson("payload is not valid JSON");
+    json payload;
+    try {
+        payload = json::parse(text);
+    } catch (const json::out_of_range &) {  // valid JSON, but a number beyond double precision
+        refuse("payload holds a number too large for Bunce",
+               "Numbers must fit in double precision (about 1.8e308); send larger ones as strings.");
+    } catch (const json::exception &) {
+        throw InvalidJson("payload is not valid JSON");
+    }
     if (!payload.is_object())
         refuse(std::string("payload must be a JSON object, not ") + payload.type_name());
 
-    bool changed = false;
     auto email = payload.find("email");
     const bool has_email = email != payload.end() && !email->is_null();
     if (has_email) check_email(*email, "email");
     auto customer = payload.find("customer");
-    if (customer != payload.end() && !customer->is_null()) changed |= check_customer(*customer);
+    if (customer != payload.end() && !customer->is_null()) check_customer(*customer);
     else if (!has_email) refuse_no_recipient();
 
-    changed |= normalise_values(payload);
-    if (!changed) return {false, std::string()};
-    return {true, payload.dump()};
+    if (auto normalised = normalise_text(text)) return {true, std::move(*normalised)};
+    return {false, std::string()};
 }
 
 }  // namespace bunce
