@@ -86,6 +86,32 @@ SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@exa
 SELECT xmin::text = txid_current()::text AS same_transaction FROM bunce.outbox WHERE payload ->> 'mark' = 'xmin';
 COMMIT;
 
+-- Rows enqueued one by one by a single command (here a multi-row INSERT through the row
+-- trigger and a SELECT over many calls) share one open outbox writer; DDL later in the same
+-- transaction is not blocked by it, and the savepoint rollback in between keeps nothing.
+CREATE TABLE bulk_orders (id int, email text);
+CREATE TRIGGER bulk_placed AFTER INSERT ON bulk_orders FOR EACH ROW
+    EXECUTE FUNCTION bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "email", "bulk": "id"}');
+BEGIN;
+INSERT INTO bulk_orders SELECT i, 'ada@example.com' FROM generate_series(1, 20) i;
+SAVEPOINT s;
+INSERT INTO bulk_orders SELECT i, 'ada@example.com' FROM generate_series(21, 25) i;
+ROLLBACK TO SAVEPOINT s;
+INSERT INTO bulk_orders SELECT i, 'ada@example.com' FROM generate_series(26, 30) i;
+SELECT count(*) AS enqueued, min((payload ->> 'bulk')::int), max((payload ->> 'bulk')::int)
+FROM bunce.outbox WHERE payload ? 'bulk';
+TRUNCATE bunce.outbox;
+SELECT count(*) AS after_truncate FROM bunce.outbox;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+COMMIT;
+SELECT count(*) AS committed FROM bunce.outbox;
+BEGIN;
+INSERT INTO bulk_orders VALUES (31, 'ada@example.com');
+DROP TABLE bulk_orders;
+DROP EXTENSION bunce;
+ROLLBACK;
+DROP TABLE bulk_orders;
+
 DROP FUNCTION place_order(int, text);
 DROP TABLE orders;
 DROP EXTENSION bunce;

@@ -18,6 +18,7 @@ extern "C" {
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
+#include "common/pg_prng.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -25,6 +26,7 @@ extern "C" {
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/datetime.h"
@@ -36,6 +38,7 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "utils/uuid.h"
@@ -62,7 +65,12 @@ int64 *sub_saved = nullptr;  // xact_enqueued at the start of each open subtrans
 int sub_depth = 0;
 int sub_capacity = 0;
 
+void close_row_writer();
+void forget_row_writer();
+
 void xact_callback(XactEvent event, void *) {
+    if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) close_row_writer();
+    if (event == XACT_EVENT_ABORT) forget_row_writer();
     if (event == XACT_EVENT_COMMIT && xact_enqueued > 0 && shared) {
         pg_atomic_fetch_add_u64(&shared->committed, static_cast<uint64>(xact_enqueued));
         wake_worker();
@@ -90,11 +98,25 @@ void subxact_callback(SubXactEvent event, SubTransactionId, SubTransactionId, vo
     }
 }
 
+ProcessUtility_hook_type prev_process_utility = nullptr;
+
+// Before any utility command (TRUNCATE, DROP, ALTER, another COPY): let go of the row writer,
+// which would otherwise make a TRUNCATE or DROP of the outbox later in the same transaction
+// fail as "being used by active queries in this session".
+void process_utility(PlannedStmt *pstmt, const char *query, bool read_only, ProcessUtilityContext context,
+                     ParamListInfo params, QueryEnvironment *env, DestReceiver *dest, QueryCompletion *qc) {
+    if (IsTransactionState()) close_row_writer();
+    (prev_process_utility ? prev_process_utility : standard_ProcessUtility)(
+        pstmt, query, read_only, context, params, env, dest, qc);
+}
+
 }  // namespace
 
 void register_xact_callbacks() {
     RegisterXactCallback(xact_callback, nullptr);
     RegisterSubXactCallback(subxact_callback, nullptr);
+    prev_process_utility = ProcessUtility_hook;
+    ProcessUtility_hook = process_utility;
 }
 
 void note_enqueued() { xact_enqueued++; }
@@ -135,8 +157,12 @@ struct OutboxWriter {
     EState *estate;
     ResultRelInfo *rri;
     TupleTableSlot *slot;
-    BulkInsertState bistate;
+    BulkInsertState bistate;  // bulk (statement-level) writes only, and then:
+    TupleTableSlot **batch;   // rows waiting for one table_multi_insert, as COPY does
+    int nbatch;
+    MemoryContext cxt;        // the batch's slots live here, not in the caller's per-row memory
 };
+constexpr int OUTBOX_BATCH = 1000;
 
 Oid bunce_namespace() {
     Oid nsp = get_namespace_oid("bunce", true);
@@ -182,12 +208,41 @@ void outbox_open(OutboxWriter *w, bool bulk) {
     ExecOpenIndices(w->rri, false);
     w->slot = MakeSingleTupleTableSlot(RelationGetDescr(w->rel), &TTSOpsVirtual);
     w->bistate = bulk ? GetBulkInsertState() : nullptr;
+    w->batch = nullptr;
+    w->nbatch = 0;
+    w->cxt = CurrentMemoryContext;
+    if (bulk) {
+        // slots made as needed: most statements change a few rows
+        w->batch = static_cast<TupleTableSlot **>(palloc0(sizeof(TupleTableSlot *) * OUTBOX_BATCH));
+    }
 }
 
+void outbox_flush(OutboxWriter *w) {
+    if (w->nbatch == 0) return;
+    table_multi_insert(w->rel, w->batch, w->nbatch, GetCurrentCommandId(true), 0, w->bistate);
+    for (int i = 0; i < w->nbatch; i++) {
+        ExecInsertIndexTuples(w->rri, w->batch[i], w->estate, false, false, nullptr, NIL);
+        ExecClearTuple(w->batch[i]);
+    }
+    ResetPerTupleExprContext(w->estate);
+    w->nbatch = 0;
+}
+
+// An idempotency key: a version 4 UUID from a generator of this backend, seeded once from
+// pg_strong_random. It must be unique, not secret (it is sent along with the event), and
+// OpenSSL's generator behind gen_random_uuid() costs more than the rest of an enqueue.
 Datum random_uuid() {
+    static pg_prng_state state;
+    static int seeded_pid = 0;
+    if (seeded_pid != MyProcPid) {  // once per process, never state inherited through fork
+        if (!pg_prng_strong_seed(&state))
+            ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not generate random values")));
+        seeded_pid = MyProcPid;
+    }
     auto *u = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
-    if (!pg_strong_random(u->data, UUID_LEN))
-        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not generate random values")));
+    const uint64 hi = pg_prng_uint64(&state), lo = pg_prng_uint64(&state);
+    memcpy(u->data, &hi, 8);
+    memcpy(u->data + 8, &lo, 8);
     u->data[6] = (u->data[6] & 0x0f) | 0x40;  // version 4
     u->data[8] = (u->data[8] & 0x3f) | 0x80;  // RFC 4122 variant
     return UUIDPGetDatum(u);
@@ -195,6 +250,14 @@ Datum random_uuid() {
 
 int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
     TupleTableSlot *slot = w->slot;
+    if (w->batch) {
+        if (!w->batch[w->nbatch]) {
+            MemoryContext old = MemoryContextSwitchTo(w->cxt);
+            w->batch[w->nbatch] = table_slot_create(w->rel, nullptr);
+            MemoryContextSwitchTo(old);
+        }
+        slot = w->batch[w->nbatch];
+    }
     ExecClearTuple(slot);
     const int64 id = nextval_internal(w->seq, false);
     const TimestampTz now = GetCurrentTransactionStartTimestamp();
@@ -214,19 +277,66 @@ int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
     set(COL_ATTEMPTS, Int32GetDatum(0));
     set(COL_POSSIBLE_DUPLICATE, BoolGetDatum(false));
     ExecStoreVirtualTuple(slot);
-    table_tuple_insert(w->rel, slot, GetCurrentCommandId(true), 0, w->bistate);
-    ExecInsertIndexTuples(w->rri, slot, w->estate, false, false, nullptr, NIL);
-    ResetPerTupleExprContext(w->estate);
+    if (w->batch) {
+        ExecMaterializeSlot(slot);  // its values live in the caller's per-row memory
+        if (++w->nbatch == OUTBOX_BATCH) outbox_flush(w);
+    } else {
+        table_tuple_insert(w->rel, slot, GetCurrentCommandId(true), 0, nullptr);
+        ExecInsertIndexTuples(w->rri, slot, w->estate, false, false, nullptr, NIL);
+        ResetPerTupleExprContext(w->estate);
+    }
     note_enqueued();
     return id;
 }
 
 void outbox_close(OutboxWriter *w) {
+    if (w->batch) {
+        outbox_flush(w);
+        for (int i = 0; i < OUTBOX_BATCH && w->batch[i]; i++) ExecDropSingleTupleTableSlot(w->batch[i]);
+    }
     if (w->bistate) FreeBulkInsertState(w->bistate);
     ExecDropSingleTupleTableSlot(w->slot);
     ExecCloseIndices(w->rri);
     FreeExecutorState(w->estate);
     table_close(w->rel, NoLock);
+}
+
+// The writer for single rows, kept open for the rest of the command: a COPY or a multi-row
+// INSERT fires the row trigger once per row, and opening the outbox and its indexes each time
+// cost about as much as the insert. It lives in TopTransactionContext and its relations are
+// held by TopTransactionResourceOwner (the portal's may end first). It is closed before
+// commit, and replaced when the command counter moves on, so that it never misses a change
+// to the table made by an earlier command of the transaction. After an ERROR the transaction
+// abort releases it and restores CurrentResourceOwner.
+OutboxWriter *row_writer = nullptr;
+CommandId row_writer_cid = InvalidCommandId;
+
+void close_row_writer() {
+    if (!row_writer) return;
+    ResourceOwner save = CurrentResourceOwner;
+    CurrentResourceOwner = TopTransactionResourceOwner;
+    outbox_close(row_writer);
+    CurrentResourceOwner = save;
+    pfree(row_writer);
+    row_writer = nullptr;
+}
+
+void forget_row_writer() { row_writer = nullptr; }
+
+OutboxWriter *single_row_writer() {
+    const CommandId cid = GetCurrentCommandId(false);
+    if (row_writer && row_writer_cid == cid) return row_writer;
+    close_row_writer();
+    MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+    ResourceOwner save = CurrentResourceOwner;
+    CurrentResourceOwner = TopTransactionResourceOwner;
+    auto *w = static_cast<OutboxWriter *>(palloc(sizeof(OutboxWriter)));
+    outbox_open(w, false);
+    CurrentResourceOwner = save;
+    MemoryContextSwitchTo(old);
+    row_writer = w;
+    row_writer_cid = cid;
+    return w;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -342,11 +452,7 @@ Datum bunce_trigger_enqueue(PG_FUNCTION_ARGS) {
     Datum payload = prepare(text, PointerGetDatum(jb), err);
     if (err.failed) PG_RETURN_INT64(refuse(err, nullptr, event_id, false, text));
 
-    OutboxWriter w;
-    outbox_open(&w, false);
-    int64 id = outbox_insert(&w, event_id, payload);
-    outbox_close(&w);
-    PG_RETURN_INT64(id);
+    PG_RETURN_INT64(outbox_insert(single_row_writer(), event_id, payload));
 }
 
 // Lets SQL code that moves events into the outbox (bunce.retry_dead_letters) count them
@@ -755,9 +861,7 @@ Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
         HeapTuple tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
         TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
         ExecStoreHeapTuple(tuple, slot, false);
-        outbox_open(&w, false);
-        enqueue_row(&w, s, slot, &buf, context);
-        outbox_close(&w);
+        enqueue_row(single_row_writer(), s, slot, &buf, context);
         ExecDropSingleTupleTableSlot(slot);
         return PointerGetDatum(nullptr);
     }
