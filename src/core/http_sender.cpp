@@ -2,6 +2,8 @@
 
 #include <curl/curl.h>
 #include <poll.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <stdexcept>
@@ -64,15 +66,20 @@ struct CurlGlobal {
 
 HttpSender::HttpSender() {
     static CurlGlobal global;
+    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd_ < 0) throw std::runtime_error("could not create an epoll set");
     multi_ = curl_multi_init();
-    if (!multi_) throw std::runtime_error("could not create a libcurl multi handle");
+    if (!multi_) {
+        close(epoll_fd_);
+        throw std::runtime_error("could not create a libcurl multi handle");
+    }
     curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &HttpSender::socket_cb);
     curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
     curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &HttpSender::timer_cb);
     curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
     // One connection per request in flight, kept alive between requests.
     curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
-    curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, 256L);
+    curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, 1000L);  // bunce.max_in_flight at most
 }
 
 HttpSender::~HttpSender() {
@@ -84,6 +91,7 @@ HttpSender::~HttpSender() {
     }
     idle_.clear();
     curl_multi_cleanup(multi_);
+    close(epoll_fd_);
 }
 
 void HttpSender::configure(const SenderOptions &options) { options_ = options; }
@@ -147,11 +155,17 @@ void HttpSender::submit(const HttpRequest &request) {
 
 int HttpSender::socket_cb(void *, int fd, int what, void *self, void *) {
     auto *s = static_cast<HttpSender *>(self);
-    if (what == CURL_POLL_REMOVE)
-        s->sockets_.erase(fd);
-    else
-        s->sockets_[fd] = {what == CURL_POLL_IN || what == CURL_POLL_INOUT,
-                           what == CURL_POLL_OUT || what == CURL_POLL_INOUT};
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(s->epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // gone already if it was closed
+        return 0;
+    }
+    epoll_event ev{};
+    ev.events = (what == CURL_POLL_IN || what == CURL_POLL_INOUT ? uint32_t{EPOLLIN} : 0u) |
+                (what == CURL_POLL_OUT || what == CURL_POLL_INOUT ? uint32_t{EPOLLOUT} : 0u);
+    ev.data.fd = fd;
+    // Only ENOMEM could make both fail; the transfer then ends at its timeout and is retried.
+    if (epoll_ctl(s->epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0)
+        epoll_ctl(s->epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
     return 0;
 }
 
@@ -167,11 +181,16 @@ long HttpSender::timeout_ms() const {
     return left <= 0 ? 0 : static_cast<long>((left + 999) / 1000);
 }
 
-void HttpSender::on_socket(int fd, bool readable, bool writable, bool error) {
-    int mask = (readable ? CURL_CSELECT_IN : 0) | (writable ? CURL_CSELECT_OUT : 0) |
-               (error ? CURL_CSELECT_ERR : 0);
-    int running = 0;
-    curl_multi_socket_action(multi_, fd, mask, &running);
+void HttpSender::on_ready() {
+    epoll_event events[256];
+    const int n = epoll_wait(epoll_fd_, events, 256, 0);
+    for (int i = 0; i < n; i++) {
+        const uint32_t e = events[i].events;
+        const int mask = (e & (EPOLLIN | EPOLLHUP) ? CURL_CSELECT_IN : 0) |
+                         (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) | (e & EPOLLERR ? CURL_CSELECT_ERR : 0);
+        int running = 0;
+        curl_multi_socket_action(multi_, events[i].data.fd, mask, &running);
+    }
     collect();
 }
 
@@ -184,16 +203,10 @@ void HttpSender::on_timeout() {
 }
 
 void HttpSender::poll(long max_wait_ms) {
-    std::vector<pollfd> fds;
-    for (const auto &[fd, want] : sockets_)
-        fds.push_back({fd, static_cast<short>((want.read ? POLLIN : 0) | (want.write ? POLLOUT : 0)), 0});
     long wait = timeout_ms();
     if (wait < 0 || wait > max_wait_ms) wait = max_wait_ms;
-    int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait));
-    for (int i = 0; n > 0 && i < static_cast<int>(fds.size()); i++)
-        if (fds[i].revents)
-            on_socket(fds[i].fd, fds[i].revents & POLLIN, fds[i].revents & POLLOUT,
-                      fds[i].revents & (POLLERR | POLLHUP));
+    pollfd fd{epoll_fd_, POLLIN, 0};
+    if (::poll(&fd, 1, static_cast<int>(wait)) > 0) on_ready();
     on_timeout();
 }
 

@@ -1,11 +1,12 @@
 // Parallel HTTP POSTs to Bunce through libcurl's multi interface: keep-alive connections,
 // up to max_in_flight requests at once, each bounded by a timeout, answers collected as
-// data. The caller owns the event loop: it asks which sockets to watch and for how long,
-// and reports readiness back, so the worker can wait on its latch and the sockets at once.
+// data. The caller owns the event loop: it waits for poll_fd() to become readable (an epoll
+// set of libcurl's sockets, kept up to date as libcurl asks) or for timeout_ms(), then calls
+// on_ready() and on_timeout(), so the worker can wait on its latch and the sockets at once
+// with a cost per wake-up that does not grow with the number of connections.
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <unordered_set>
@@ -49,16 +50,12 @@ public:
     void submit(const HttpRequest &request);
     size_t in_flight() const { return in_flight_; }
 
-    struct SocketInterest {
-        bool read;
-        bool write;
-    };
-    // The sockets libcurl wants watched, by file descriptor.
-    const std::map<int, SocketInterest> &sockets() const { return sockets_; }
+    // Readable when some socket of a request is ready: then call on_ready().
+    int poll_fd() const { return epoll_fd_; }
     // Milliseconds until libcurl needs on_timeout() (-1: no deadline).
     long timeout_ms() const;
 
-    void on_socket(int fd, bool readable, bool writable, bool error);
+    void on_ready();
     void on_timeout();
 
     // Waits up to max_wait_ms on the sockets itself (for tools without a latch).
@@ -75,7 +72,7 @@ private:
 
     void *multi_;
     SenderOptions options_;
-    std::map<int, SocketInterest> sockets_;
+    int epoll_fd_;
     int64_t deadline_us_ = -1;  // monotonic time of libcurl's next timeout
     size_t in_flight_ = 0;
     std::unordered_set<Transfer *> running_;        // owned, in the multi handle

@@ -71,12 +71,6 @@ struct Answer {
     char *message;
 };
 
-struct Socket {
-    int fd;
-    bool read;
-    bool write;
-};
-
 CoreError cpp_error;
 MemoryContext loop_cxt;  // reset at the start of every round of the loop
 
@@ -151,22 +145,20 @@ int delivery_collect(Answer **out) {
     return n;
 }
 
-int delivery_sockets(Socket **out, long *curl_timeout_ms) {
-    int n = 0;
-    check(guarded(cpp_error, [&] {
-        const auto &sockets = delivery->sender.sockets();
-        *curl_timeout_ms = delivery->sender.timeout_ms();
-        auto *s = static_cast<Socket *>(palloc_extended(sizeof(Socket) * (sockets.size() + 1), MCXT_ALLOC_NO_OOM));
-        if (!s) throw std::bad_alloc();
-        for (const auto &[fd, want] : sockets)
-            if (want.read || want.write) s[n++] = {fd, want.read, want.write};
-        *out = s;
-    }));
-    return n;
+int delivery_poll_fd() {
+    int fd = -1;
+    check(guarded(cpp_error, [&] { fd = delivery->sender.poll_fd(); }));
+    return fd;
 }
 
-void delivery_on_socket(int fd, bool readable, bool writable, bool error) {
-    check(guarded(cpp_error, [&] { delivery->sender.on_socket(fd, readable, writable, error); }));
+long delivery_timeout_ms() {
+    long ms = -1;
+    check(guarded(cpp_error, [&] { ms = delivery->sender.timeout_ms(); }));
+    return ms;
+}
+
+void delivery_on_ready() {
+    check(guarded(cpp_error, [] { delivery->sender.on_ready(); }));
 }
 
 void delivery_on_timeout() {
@@ -621,6 +613,12 @@ void bunce_worker_main(Datum) {
 
     delivery_start();
     delivery_configure();
+    // Made once: libcurl's sockets are all behind one epoll descriptor, so a wake-up costs the
+    // same with 1 or 1000 requests in flight.
+    WaitEventSet *wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+    AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, nullptr);
+    AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, nullptr, nullptr);
+    AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, delivery_poll_fd(), nullptr, nullptr);
 
     loop_cxt = AllocSetContextCreate(TopMemoryContext, "bunce worker loop", ALLOCSET_DEFAULT_SIZES);
     TimestampTz stop_deadline = 0;
@@ -726,9 +724,7 @@ void bunce_worker_main(Datum) {
 
         // Wait for: the latch (a commit, SIGHUP, SIGTERM), a socket, libcurl's timer, the
         // next retry coming due, the rate limiter, the end of a pause.
-        Socket *sockets;
-        long curl_ms = -1;
-        const int nsockets = delivery_sockets(&sockets, &curl_ms);
+        const long curl_ms = delivery_timeout_ms();
         long timeout = 10000;  // a safety net for commits nobody woke us for (2PC, restores)
         if (curl_ms >= 0) timeout = Min(timeout, curl_ms);
         if (look_for_work && may_send) timeout = limiter_us > 0 ? Min(timeout, (limiter_us + 999) / 1000) : (in_flight() < max_in_flight ? 0 : timeout);
@@ -736,22 +732,14 @@ void bunce_worker_main(Datum) {
         if (paused_until) timeout = Min(timeout, ms_until(paused_until, now));
         if (stop_requested) timeout = Min(timeout, ms_until(stop_deadline, now));
         if (stats_ms > 0) timeout = Min(timeout, stats_ms);
-        WaitEventSet *set = CreateWaitEventSet(loop_cxt, nsockets + 2);
-        AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, nullptr);
-        AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, nullptr, nullptr);
-        for (int i = 0; i < nsockets; i++)
-            AddWaitEventToSet(set, (sockets[i].read ? WL_SOCKET_READABLE : 0) | (sockets[i].write ? WL_SOCKET_WRITEABLE : 0),
-                              sockets[i].fd, nullptr, nullptr);
-        WaitEvent events[64];
-        const int nevents = WaitEventSetWait(set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
-        FreeWaitEventSet(set);
+        WaitEvent events[3];
+        const int nevents = WaitEventSetWait(wait_set, timeout, events, lengthof(events), PG_WAIT_EXTENSION);
         for (int i = 0; i < nevents; i++) {
             if (events[i].events & WL_LATCH_SET) {
                 ResetLatch(MyLatch);
                 look_for_work = true;
-            } else if (events[i].events & WL_SOCKET_MASK) {
-                delivery_on_socket(events[i].fd, events[i].events & WL_SOCKET_READABLE,
-                                   events[i].events & WL_SOCKET_WRITEABLE, false);
+            } else if (events[i].events & WL_SOCKET_READABLE) {
+                delivery_on_ready();
             }
         }
         delivery_on_timeout();

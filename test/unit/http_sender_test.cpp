@@ -509,7 +509,7 @@ TEST(HttpSender, ReusedHandlesCarryNoStaleState) {
 }
 
 TEST(HttpSender, ExternalEventLoop) {
-    // The worker's way: watch sockets() itself, report readiness, call on_timeout().
+    // The worker's way: wait on poll_fd() itself, then on_ready() and on_timeout().
     TestServer server(canned);
     HttpSender sender;
     sender.configure(options_for(server.url()));
@@ -517,16 +517,10 @@ TEST(HttpSender, ExternalEventLoop) {
     std::vector<HttpAnswer> answers;
     const int64_t deadline = bunce::monotonic_us() + 4'000'000;
     while (answers.size() < 3 && bunce::monotonic_us() < deadline) {
-        std::vector<pollfd> fds;
-        for (const auto &[fd, want] : sender.sockets())
-            fds.push_back({fd, static_cast<short>((want.read ? POLLIN : 0) | (want.write ? POLLOUT : 0)), 0});
         long wait = sender.timeout_ms();
         if (wait < 0 || wait > 50) wait = 50;
-        const int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait));
-        for (int i = 0; n > 0 && i < static_cast<int>(fds.size()); i++)
-            if (fds[i].revents)
-                sender.on_socket(fds[i].fd, fds[i].revents & POLLIN, fds[i].revents & POLLOUT,
-                                 fds[i].revents & (POLLERR | POLLHUP));
+        pollfd fd{sender.poll_fd(), POLLIN, 0};
+        if (::poll(&fd, 1, static_cast<int>(wait)) > 0) sender.on_ready();
         if (sender.timeout_ms() == 0) sender.on_timeout();
         for (auto &a : sender.take_answers()) answers.push_back(std::move(a));
     }
@@ -558,7 +552,8 @@ TEST(HttpSender, DestroyedWithRequestsInFlight) {
 TEST(HttpSender, IdleSenderHasNothingToDo) {
     HttpSender sender;
     EXPECT_EQ(sender.in_flight(), 0u);
-    EXPECT_TRUE(sender.sockets().empty());
+    pollfd fd{sender.poll_fd(), POLLIN, 0};
+    EXPECT_EQ(::poll(&fd, 1, 0), 0);  // nothing to watch, nothing ready
     EXPECT_TRUE(sender.take_answers().empty());
     sender.poll(0);
     sender.on_timeout();
