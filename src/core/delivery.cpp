@@ -1,5 +1,8 @@
 #include "delivery.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -46,6 +49,34 @@ std::string clip(std::string s) {
         }
     }
     return s;
+}
+
+bool is_port(std::string_view s) {
+    return s.size() <= 5 && s.find_first_not_of("0123456789") == s.npos;
+}
+
+// host[:port] of a plain http URL names this machine: "localhost", or an IP address literal
+// in 127.0.0.0/8 or ::1, parsed as an address (so "127.0.0.1.example.com" is not one).
+bool is_loopback_authority(std::string_view authority) {
+    std::string host;
+    std::string_view rest;
+    if (authority.front() == '[') {
+        const size_t close = authority.find(']');
+        if (close == authority.npos) return false;
+        host = std::string(authority.substr(1, close - 1));
+        rest = authority.substr(close + 1);
+        in6_addr a6;
+        if (inet_pton(AF_INET6, host.c_str(), &a6) != 1 || !IN6_IS_ADDR_LOOPBACK(&a6)) return false;
+    } else {
+        const size_t colon = authority.find(':');
+        host = std::string(authority.substr(0, colon));
+        rest = colon == authority.npos ? std::string_view() : authority.substr(colon);
+        in_addr a4;
+        if (host != "localhost" &&
+            (inet_pton(AF_INET, host.c_str(), &a4) != 1 || (ntohl(a4.s_addr) >> 24) != 127))
+            return false;
+    }
+    return rest.empty() || (rest.front() == ':' && is_port(rest.substr(1)));
 }
 
 }  // namespace
@@ -131,13 +162,7 @@ std::optional<std::string> api_url_problem(std::string_view url) {
     authority = authority.substr(0, authority.find_first_of("/?#"));
     if (authority.empty()) return "bunce.api_url has no host";
     if (authority.find('@') != authority.npos) return "bunce.api_url must not carry credentials";
-    std::string_view host = authority.front() == '['
-                                ? authority.substr(0, authority.find(']') + 1)
-                                : authority.substr(0, authority.find(':'));
-    const bool loopback = host == "localhost" || host == "[::1]" ||
-                          (host.rfind("127.", 0) == 0 &&
-                           host.find_first_not_of("0123456789.") == host.npos);
-    if (!loopback)
+    if (!is_loopback_authority(authority))
         return "plain http:// is allowed only to a loopback address; use https:// so that the "
                "API key is never sent in clear text";
     return std::nullopt;

@@ -17,6 +17,17 @@ private:
     std::string hint_;
 };
 
+// Input beyond a documented limit: size or nesting depth (SQLSTATE 54000).
+class LimitExceeded : public std::runtime_error {
+public:
+    LimitExceeded(const std::string &message, std::string hint)
+        : std::runtime_error(message), hint_(std::move(hint)) {}
+    const std::string &hint() const { return hint_; }
+
+private:
+    std::string hint_;
+};
+
 // Text that is not JSON at all (SQLSTATE 22P02).
 class InvalidJson : public std::runtime_error {
 public:

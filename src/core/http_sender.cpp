@@ -5,8 +5,11 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <stdexcept>
+#include <string_view>
 
 namespace bunce {
 
@@ -28,28 +31,33 @@ struct HttpSender::Transfer {
         if (easy) curl_easy_cleanup(easy);
     }
 
-    static size_t on_body(char *data, size_t size, size_t n, void *self) {
+    // libcurl's callbacks are C frames: nothing may unwind through them. A failure ends the
+    // transfer (a returned count other than the one given), and the request is retried.
+    static size_t on_body(char *data, size_t size, size_t n, void *self) noexcept {
         auto *t = static_cast<Transfer *>(self);
         constexpr size_t max = 64 * 1024;  // Bunce answers are small; never hoard a big one
-        if (t->answer.body.size() < max)
-            t->answer.body.append(data, std::min(size * n, max - t->answer.body.size()));
+        try {
+            if (t->answer.body.size() < max)
+                t->answer.body.append(data, std::min(size * n, max - t->answer.body.size()));
+        } catch (...) {
+            return 0;
+        }
         return size * n;
     }
 
-    static size_t on_header(char *data, size_t size, size_t n, void *self) {
+    static size_t on_header(char *data, size_t size, size_t n, void *self) noexcept {
         auto *t = static_cast<Transfer *>(self);
-        std::string line(data, size * n);
-        const std::string name = "retry-after:";
-        if (line.size() > name.size()) {
-            bool match = true;
-            for (size_t i = 0; i < name.size() && match; i++)
-                match = std::tolower(static_cast<unsigned char>(line[i])) == name[i];
-            if (match) {
-                line.erase(0, name.size());
-                while (!line.empty() && (line.back() == '\r' || line.back() == '\n'))
-                    line.pop_back();
-                t->answer.retry_after = line;
-            }
+        std::string_view line(data, size * n);
+        constexpr std::string_view name = "retry-after:";
+        if (line.size() <= name.size()) return size * n;
+        for (size_t i = 0; i < name.size(); i++)
+            if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return size * n;
+        line.remove_prefix(name.size());
+        while (!line.empty() && (line.back() == '\r' || line.back() == '\n')) line.remove_suffix(1);
+        try {
+            t->answer.retry_after.assign(line.substr(0, 256));
+        } catch (...) {
+            return 0;
         }
         return size * n;
     }
@@ -94,9 +102,13 @@ HttpSender::~HttpSender() {
     close(epoll_fd_);
 }
 
-void HttpSender::configure(const SenderOptions &options) { options_ = options; }
+void HttpSender::configure(const SenderOptions &options) {
+    options_ = options;
+    // The key travels in a header: plain http (loopback only) never goes through a proxy.
+    if (options_.url.rfind("https://", 0) != 0) options_.proxy.clear();
+}
 
-void HttpSender::submit(const HttpRequest &request) {
+void HttpSender::submit(HttpRequest request) {
     std::unique_ptr<Transfer> t;
     if (!idle_.empty()) {
         t = std::move(idle_.back());
@@ -110,7 +122,7 @@ void HttpSender::submit(const HttpRequest &request) {
         if (!t->easy) throw std::runtime_error("could not create a libcurl handle");
     }
     t->answer = HttpAnswer{request.id, 0, {}, {}, {}, 0};
-    t->body = request.body;
+    t->body = std::move(request.body);
     t->error[0] = '\0';
 
     auto add = [&](const std::string &h) {
@@ -127,6 +139,10 @@ void HttpSender::submit(const HttpRequest &request) {
     CURL *e = t->easy;
     curl_easy_setopt(e, CURLOPT_URL, options_.url.c_str());
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    // Only the proxy configured here; "" also makes libcurl ignore http_proxy, all_proxy and
+    // no_proxy from the server's environment.
+    curl_easy_setopt(e, CURLOPT_PROXY, options_.proxy.c_str());
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "");
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->body.data());
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->body.size()));
@@ -229,7 +245,7 @@ void HttpSender::collect() {
         }
         curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &t->answer.seconds);
         answers_.push_back(std::move(t->answer));
-        t->body.clear();
+        std::string().swap(t->body);  // an idle handle keeps no payload-sized buffer
         idle_.push_back(std::move(t));
     }
 }

@@ -34,6 +34,7 @@ struct SenderOptions {
     std::string api_key;
     std::string user_agent;
     std::string ca_file;  // empty: the system's CA store
+    std::string proxy;    // https only; empty: no proxy, whatever the environment says
     long timeout_ms = 10000;
 };
 
@@ -47,7 +48,7 @@ public:
     // Applies to requests submitted from now on.
     void configure(const SenderOptions &options);
 
-    void submit(const HttpRequest &request);
+    void submit(HttpRequest request);
     size_t in_flight() const { return in_flight_; }
 
     // Readable when some socket of a request is ready: then call on_ready().

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "errors.hpp"
+#include "json_depth.hpp"
 
 namespace bunce {
 
@@ -35,6 +36,9 @@ void flatten(const nlohmann::json &object, const std::string &where,
 }  // namespace
 
 std::vector<MappingItem> parse_mapping(std::string_view text) {
+    if (json_depth(text, kMaxMappingDepth) > kMaxMappingDepth)
+        throw InvalidMapping("mapping is nested deeper than " + std::to_string(kMaxMappingDepth) + " levels",
+                             kHint);
     auto mapping = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (mapping.is_discarded()) throw InvalidMapping("mapping is not valid JSON", kHint);
     if (!mapping.is_object()) throw InvalidMapping("mapping must be a JSON object", kHint);

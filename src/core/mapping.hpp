@@ -2,6 +2,7 @@
 // {"email": "customer_email", "amount": "total", "customer": {"customer_id": "cust_id"}}.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,6 +16,10 @@ struct MappingItem {
     std::string key;     // payload key (empty for end_object)
     std::string column;  // column name (field only)
 };
+
+// A payload needs two levels (the payload, its "customer"); deeper mappings are refused
+// before anything recurses over them.
+constexpr size_t kMaxMappingDepth = 8;
 
 // Throws InvalidMapping for anything but an object whose values are column names or
 // nested objects of the same kind.

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "errors.hpp"
+#include "json_depth.hpp"
 #include "timestamp.hpp"
 
 namespace bunce {
@@ -190,6 +191,9 @@ void check_fields(const PayloadFields &f) {
 }
 
 PreparedPayload prepare_payload(std::string_view text) {
+    if (json_depth(text, kMaxPayloadDepth) > kMaxPayloadDepth)
+        throw LimitExceeded("payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
+                            "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");
     json payload;
     try {
         payload = json::parse(text);

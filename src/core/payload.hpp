@@ -2,6 +2,7 @@
 // enqueued so that a bad payload fails in the caller's transaction instead of at delivery.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -12,9 +13,14 @@ struct PreparedPayload {
     std::string json;  // when changed: the payload to send, serialised
 };
 
+// Deeper payloads are refused (LimitExceeded) before they are parsed: Bunce's payloads are
+// flat but for "customer" and its "devices".
+constexpr size_t kMaxPayloadDepth = 32;
+
 // Validates a payload (a JSON object with "email" or a "customer" object, see bunce-api.md)
 // and normalises it: every date-time string with an offset becomes YYYY-MM-DDTHH:MM:SSZ in
-// UTC, a numeric customer_id becomes a string. Throws InvalidJson or InvalidPayload.
+// UTC, a numeric customer_id becomes a string. Throws InvalidJson, InvalidPayload or
+// LimitExceeded.
 PreparedPayload prepare_payload(std::string_view json_text);
 
 // The parts of a payload that Bunce's rules are about, for a caller that built the payload

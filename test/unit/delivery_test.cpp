@@ -360,7 +360,10 @@ TEST(ApiUrlProblem, Refused) {
           "http://[::2]/", "http://[::1.evil.com]/", "http://0.0.0.0/", "http://10.0.0.1/",
           "http://192.168.1.1:8080/", "api.bunce.ai/v1", "//api.bunce.ai/v1", "file:///etc/passwd",
           " https://api.bunce.ai/v1", "http:/127.0.0.1/", "https:/api.bunce.ai",
-          "http://[::1"}) {
+          "http://[::1", "http://127.0.0.1.2.3/v1", "http://127.1/", "http://0x7f.0.0.1/",
+          "http://2130706433/", "http://127.0.0.01/", "http://127.0.0.1.nip.io/v1",
+          "http://127.0.0.1:80x/", "http://[::1]x/", "http://[::1]:8a/",
+          "http://127.0.0.1\\@evil.com/", "http://256.0.0.1/", "http://localhost:99999999/"}) {
         const auto p = api_url_problem(u);
         EXPECT_TRUE(p.has_value()) << "\"" << u << "\" accepted";
         if (p) {

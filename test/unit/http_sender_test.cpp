@@ -559,3 +559,21 @@ TEST(HttpSender, IdleSenderHasNothingToDo) {
     sender.on_timeout();
     EXPECT_TRUE(sender.take_answers().empty());
 }
+
+// The key travels in a header: plain http never goes through a proxy, whatever the
+// environment or the options say (a proxy on a dead port would make the request fail).
+TEST(HttpSender, PlainHttpIgnoresProxies) {
+    TestServer server(canned);
+    for (const char *var : {"http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"})
+        setenv(var, "http://127.0.0.1:9", 1);
+    HttpSender sender;
+    SenderOptions o = options_for(server.url());
+    o.proxy = "http://127.0.0.1:9";
+    sender.configure(o);
+    sender.submit(HttpRequest{1, "{}", "k-proxy"});
+    const auto answers = drive(sender, 1);
+    for (const char *var : {"http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"}) unsetenv(var);
+    ASSERT_EQ(answers.size(), 1u);
+    EXPECT_EQ(answers[0].status, 200) << answers[0].error;
+    EXPECT_EQ(server.requests().size(), 1u);
+}

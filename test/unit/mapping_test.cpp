@@ -194,3 +194,15 @@ TEST(ParseMapping, ValuesThatAreNotColumnNames) {
     expect_invalid(R"({"amount": true})", "\"amount\"");
     expect_invalid(R"({"email": "e", "customer": {"customer_id": 7}})", "\"customer_id\"");
 }
+
+TEST(ParseMapping, DeepNestingIsRefusedNotACrash) {
+    auto nested = [](size_t levels) {
+        std::string s;
+        for (size_t i = 0; i < levels; i++) s += "{\"a\":";
+        s += "\"col\"";
+        return s + std::string(levels, '}');
+    };
+    EXPECT_NO_THROW(parse_mapping(nested(bunce::kMaxMappingDepth)));
+    EXPECT_THROW(parse_mapping(nested(bunce::kMaxMappingDepth + 1)), InvalidMapping);
+    EXPECT_THROW(parse_mapping(nested(40000)), InvalidMapping);
+}

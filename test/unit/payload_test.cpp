@@ -402,3 +402,16 @@ TEST(CheckFields, AgreesWithPreparePayload) {
         EXPECT_EQ(expected, actual) << c.json;
     }
 }
+
+// Hostile nesting is refused by a count, before any parser or walk recurses over it.
+TEST(PreparePayload, DeepNestingIsALimitNotACrash) {
+    auto nested = [](size_t levels) {
+        return R"({"email":"ada@example.com","x":)" + std::string(levels, '[') + "1" +
+               std::string(levels, ']') + "}";
+    };
+    EXPECT_NO_THROW(prepare_payload(nested(bunce::kMaxPayloadDepth - 1)));
+    EXPECT_THROW(prepare_payload(nested(bunce::kMaxPayloadDepth)), bunce::LimitExceeded);
+    EXPECT_THROW(prepare_payload(nested(200000)), bunce::LimitExceeded);
+    // brackets inside strings are text, not nesting
+    EXPECT_NO_THROW(prepare_payload(R"({"email":"ada@example.com","x":")" + std::string(1000, '[') + "\"}"));
+}
