@@ -88,6 +88,21 @@ FROM refused r,
                                 '9bb6215c-e2b1-4e51-abff-3a96ca185088', r.payload)) t
 GROUP BY t.hint ORDER BY t.hint;
 
+-- Limits (SQLSTATE 54000): nesting deeper than 32 levels, and a payload whose JSON text is
+-- larger than bunce.max_payload_size (default 256kB). Just under both is fine.
+SELECT depth, t.code, t.message, t.hint
+FROM unnest(ARRAY[31, 32, 1000]) depth,
+     LATERAL try_sql(format('SELECT bunce_trigger(%L, %L::jsonb)', '9bb6215c-e2b1-4e51-abff-3a96ca185088',
+                            '{"email": "ada@example.com", "x": ' || repeat('[', depth) || repeat(']', depth) || '}')) t
+ORDER BY depth;
+SELECT size, t.code, t.message, t.hint
+FROM unnest(ARRAY[262144, 262145, 4000000]) size,
+     LATERAL try_sql(format('SELECT bunce_trigger(%L, jsonb_build_object(%L, %L, %L, repeat(%L, %s)))',
+                            '9bb6215c-e2b1-4e51-abff-3a96ca185088', 'email', 'ada@example.com', 'x', 'x',
+                            size - length('{"x": "", "email": "ada@example.com"}'))) t
+ORDER BY size;
+DELETE FROM bunce.outbox;
+
 -- A malformed event id never reaches bunce_trigger: it is not a uuid.
 SELECT * FROM try_sql($$SELECT bunce_trigger('not-a-uuid', '{"email": "ada@example.com"}')$$);
 

@@ -101,7 +101,11 @@ INSERT INTO bad_triggers (label, args) VALUES
     ('bad event id',            $$'not-a-uuid'$$),
     ('bad event id, mapping',   $$'9bb6215c-e2b1-4e51-abff-3a96ca18508', '{"email": "email"}'$$),
     ('no arguments',            ''),
-    ('three arguments',         $$'9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "email"}', 'x'$$);
+    ('three arguments',         $$'9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "email"}', 'x'$$),
+    ('mapping 9 levels deep',   format('%L, %L', '9bb6215c-e2b1-4e51-abff-3a96ca185088',
+                                       repeat('{"a": ', 9) || '"email"' || repeat('}', 9))),
+    ('mapping 40000 levels deep', format('%L, %L', '9bb6215c-e2b1-4e51-abff-3a96ca185088',
+                                       repeat('{"a": ', 40000) || '"email"' || repeat('}', 40000)));
 CREATE TEMP TABLE bad_results AS
 SELECT b.n, b.label, r.*
 FROM bad_triggers b,
@@ -160,6 +164,26 @@ CREATE OR REPLACE TRIGGER t_b AFTER INSERT ON t FOR EACH ROW
 INSERT INTO t VALUES (8, 'ada@example.com');
 SELECT event_id, payload FROM bunce.outbox ORDER BY id;
 
-DROP TABLE t, orders, customers;
+-- A session that creates, fires and drops many triggers keeps the setup of those that are
+-- left only (the cache of dropped ones is freed the next time a bunce trigger fires).
+DROP TRIGGER t_a ON t;
+DROP TRIGGER t_b ON t;
+DO $$
+BEGIN
+    FOR i IN 1..40 LOOP
+        EXECUTE format('CREATE TRIGGER churn_%s AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION '
+                       'bunce_trigger(%L, %L)', i, '9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "email"}');
+        INSERT INTO t VALUES (i, 'ada@example.com');
+        EXECUTE format('DROP TRIGGER churn_%s ON t', i);
+    END LOOP;
+END
+$$;
+CREATE TABLE t_last (id int, email text);
+CREATE TRIGGER t_last_ev AFTER INSERT ON t_last FOR EACH ROW
+    EXECUTE FUNCTION bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088');
+INSERT INTO t_last VALUES (1, 'ada@example.com');
+SELECT count(*) AS trigger_setups_kept FROM pg_backend_memory_contexts WHERE name = 'bunce trigger setup';
+
+DROP TABLE t, t_last, orders, customers;
 DROP FUNCTION try_sql(text);
 DROP EXTENSION bunce;

@@ -111,19 +111,38 @@ SELECT * FROM try_sql($$SELECT current_setting('bunce.api_key')$$);
 SELECT * FROM try_sql($$SET bunce.api_key = 'sk_test_stolen'$$);
 SELECT count(*) AS visible_in_pg_settings FROM pg_settings WHERE name = 'bunce.api_key';
 RESET ROLE;
--- (the key is assembled so that it does not appear in this file's echo either)
+-- Only the server configuration may hold the key: not a session, a database or a role
+-- (pg_db_role_setting is readable by every role), not even for a superuser (SQLSTATE 42501,
+-- and the key is not quoted). The key is assembled so that it does not appear in this
+-- file's echo either.
 SELECT 'sk_test_' || 'secret' || '123' AS key \gset
-SET bunce.api_key = :'key';
+SELECT * FROM try_sql(format('SET bunce.api_key = %L', :'key'));
+SELECT * FROM try_sql(format('SET LOCAL bunce.api_key = %L', :'key'));
+SELECT * FROM try_sql(format('SELECT set_config(%L, %L, false)', 'bunce.api_key', :'key'));
+SELECT * FROM try_sql(format('ALTER DATABASE %I SET bunce.api_key = %L', current_database(), :'key'));
+SELECT * FROM try_sql(format('ALTER ROLE regress_bunce_app SET bunce.api_key = %L', :'key'));
+SELECT * FROM try_sql(format('ALTER ROLE ALL SET bunce.api_key = %L', :'key'));
+SELECT * FROM try_sql(format('CREATE FUNCTION regress_keyed() RETURNS int LANGUAGE sql SET bunce.api_key = %L AS $f$ SELECT 1 $f$', :'key'));
+SELECT count(*) AS stored_settings FROM pg_db_role_setting WHERE array_to_string(setconfig, ',') LIKE '%bunce.api_key%';
 SHOW bunce.api_key;
 SELECT current_setting('bunce.api_key') AS current_setting;
 SELECT name, setting, reset_val, boot_val FROM pg_settings WHERE name = 'bunce.api_key';
 SELECT count(*) AS leaks FROM pg_settings
 WHERE setting LIKE '%secret%' OR reset_val LIKE '%secret%' OR boot_val LIKE '%secret%';
 SELECT count(*) AS shown_by_show_all FROM (SELECT * FROM pg_show_all_settings()) s WHERE name = 'bunce.api_key';
-SELECT set_config('bunce.api_key', :'key' || '4', false) AS set_config_answers;
-SELECT count(*) AS settings_with_key FROM pg_settings WHERE setting LIKE '%' || :'key' || '%';
-RESET bunce.api_key;
-SHOW bunce.api_key;
+-- The key file and the proxy are superuser-only too (a proxy URL may carry credentials).
+SET ROLE regress_bunce_app;
+SELECT * FROM try_sql('SHOW bunce.api_key_file');
+SELECT * FROM try_sql('SHOW bunce.https_proxy');
+SELECT count(*) AS visible FROM pg_settings WHERE name IN ('bunce.api_key_file', 'bunce.https_proxy');
+RESET ROLE;
+
+-- bunce.notify_enqueued is for bunce's own functions: not even bunce_admin may skew the
+-- counters with it.
+SET ROLE regress_bunce_reader;
+SELECT * FROM try_sql('SELECT bunce.notify_enqueued(1000)');
+RESET ROLE;
+SELECT has_function_privilege('bunce_admin', 'bunce.notify_enqueued(bigint)', 'EXECUTE') AS admin_may_notify;
 
 -- A read-only transaction cannot enqueue (SQLSTATE 25006).
 BEGIN READ ONLY;
@@ -134,6 +153,14 @@ SELECT * FROM try_sql($$SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca1850
 RESET default_transaction_read_only;
 
 DROP SCHEMA regress_shop CASCADE;
-DROP FUNCTION try_sql(text);
 DROP EXTENSION bunce;
+
+-- bunce_admin reads every event. A bunce_admin that can log in was not made by bunce: it is
+-- refused; the members of an existing one are named in a WARNING.
+ALTER ROLE bunce_admin LOGIN;
+SELECT * FROM try_sql('CREATE EXTENSION bunce');
+ALTER ROLE bunce_admin NOLOGIN;
+CREATE EXTENSION bunce;
+DROP EXTENSION bunce;
+DROP FUNCTION try_sql(text);
 DROP ROLE regress_bunce_app, regress_bunce_owner, regress_bunce_reader;

@@ -169,7 +169,7 @@ void HttpSender::submit(HttpRequest request) {
     in_flight_++;
 }
 
-int HttpSender::socket_cb(void *, int fd, int what, void *self, void *) {
+int HttpSender::socket_cb(void *, int fd, int what, void *self, void *) noexcept {
     auto *s = static_cast<HttpSender *>(self);
     if (what == CURL_POLL_REMOVE) {
         epoll_ctl(s->epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // gone already if it was closed
@@ -185,7 +185,7 @@ int HttpSender::socket_cb(void *, int fd, int what, void *self, void *) {
     return 0;
 }
 
-int HttpSender::timer_cb(void *, long timeout_ms, void *self) {
+int HttpSender::timer_cb(void *, long timeout_ms, void *self) noexcept {
     auto *s = static_cast<HttpSender *>(self);
     s->deadline_us_ = timeout_ms < 0 ? -1 : monotonic_us() + timeout_ms * 1000;
     return 0;

@@ -68,8 +68,9 @@ public:
 private:
     struct Transfer;
     void collect();
-    static int socket_cb(void *easy, int fd, int what, void *self, void *socketp);
-    static int timer_cb(void *multi, long timeout_ms, void *self);
+    // libcurl calls these from C: they never throw.
+    static int socket_cb(void *easy, int fd, int what, void *self, void *socketp) noexcept;
+    static int timer_cb(void *multi, long timeout_ms, void *self) noexcept;
 
     void *multi_;
     SenderOptions options_;

@@ -23,9 +23,15 @@ extern char *ca_file;
 extern int delivery_log_retention_s;
 enum OnInvalid { ON_INVALID_ERROR, ON_INVALID_DEAD_LETTER };
 extern int on_invalid;
+extern char *api_key_file;
+extern char *https_proxy;
+extern int max_payload_size;  // bytes of payload JSON text
 void define_gucs();
-// The real API key (the GUC itself only ever holds a mask, see guc.cpp).
+// The key in use: from bunce.api_key_file when that is set (after load_api_key), else
+// bunce.api_key (the GUC itself only ever holds a mask, see guc.cpp).
 const char *api_key();
+// (Re-)reads bunce.api_key_file; false with the reason when it cannot be used.
+bool load_api_key(char *problem, size_t size);
 
 enum WorkerState { WORKER_STOPPED, WORKER_STARTING, WORKER_WAITING_EXTENSION, WORKER_RUNNING,
                    WORKER_PAUSED, WORKER_DISABLED };

@@ -27,10 +27,12 @@ extern "C" {
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "tcop/utility.h"
+#include "rewrite/rewriteHandler.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/datetime.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/json.h"
@@ -61,6 +63,7 @@ namespace bunce_pg {
 namespace {
 
 int64 xact_enqueued = 0;
+int triggers_running = 0;  // bunce trigger calls under way in this backend (they can nest)
 int64 *sub_saved = nullptr;  // xact_enqueued at the start of each open subtransaction
 int sub_depth = 0;
 int sub_capacity = 0;
@@ -79,6 +82,7 @@ void xact_callback(XactEvent event, void *) {
         event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT) {
         xact_enqueued = 0;
         sub_depth = 0;
+        triggers_running = 0;  // after an ERROR, calls that did not finish
     }
 }
 
@@ -144,16 +148,36 @@ enum OutboxColumn {
     COL_ATTEMPTS, COL_SENDING_SINCE, COL_FIRST_ATTEMPT_AT, COL_LAST_STATUS, COL_LAST_ERROR,
     COL_POSSIBLE_DUPLICATE, OUTBOX_NATTS
 };
-const char *const outbox_columns[OUTBOX_NATTS] = {
-    "id", "event_id", "payload", "idempotency_key", "enqueued_at", "next_attempt_at",
-    "attempts", "sending_since", "first_attempt_at", "last_status", "last_error",
-    "possible_duplicate"};
-
-Oid checked_outbox = InvalidOid;  // outbox whose definition was found as expected
+// The columns this code writes, found by name when the outbox is opened: a version of the
+// table with more columns (an ALTER EXTENSION UPDATE while this backend runs older code) or
+// with dropped ones still works. Columns not listed get their defaults.
+struct OutboxColumnDef {
+    const char *name;
+    Oid type;
+    bool required;  // written by every insert: the table must have it
+};
+const OutboxColumnDef outbox_columns[OUTBOX_NATTS] = {
+    {"id", INT8OID, true},
+    {"event_id", UUIDOID, true},
+    {"payload", JSONBOID, true},
+    {"idempotency_key", UUIDOID, true},
+    {"enqueued_at", TIMESTAMPTZOID, true},
+    {"next_attempt_at", TIMESTAMPTZOID, true},
+    {"attempts", INT4OID, true},
+    {"sending_since", TIMESTAMPTZOID, false},
+    {"first_attempt_at", TIMESTAMPTZOID, false},
+    {"last_status", INT4OID, false},
+    {"last_error", TEXTOID, false},
+    {"possible_duplicate", BOOLOID, true},
+};
 
 struct OutboxWriter {
     Relation rel;
     Oid seq;
+    int column[OUTBOX_NATTS];  // index into the table's attributes, or -1 when absent
+    int ndefaults;             // other columns, filled from their defaults:
+    int *default_index;
+    ExprState **default_expr;
     EState *estate;
     ResultRelInfo *rri;
     TupleTableSlot *slot;
@@ -181,6 +205,48 @@ void check_writable(const char *what) {
                                 "read-write transaction.", what)));
 }
 
+[[noreturn]] void outbox_mismatch(const char *detail) {
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("bunce.outbox does not have the columns this version of bunce expects"),
+                    errdetail("%s", detail),
+                    errhint("Run ALTER EXTENSION bunce UPDATE, and reconnect sessions that loaded an older bunce.")));
+}
+
+// Finds the columns by name in the table as it is now (the lock just taken has processed
+// any pending invalidation, and holds off ALTER TABLE until this transaction ends).
+void map_outbox_columns(OutboxWriter *w) {
+    TupleDesc desc = RelationGetDescr(w->rel);
+    for (int c = 0; c < OUTBOX_NATTS; c++) w->column[c] = -1;
+    w->ndefaults = 0;
+    w->default_index = static_cast<int *>(palloc(sizeof(int) * desc->natts));
+    w->default_expr = static_cast<ExprState **>(palloc(sizeof(ExprState *) * desc->natts));
+    for (int i = 0; i < desc->natts; i++) {
+        Form_pg_attribute att = TupleDescAttr(desc, i);
+        if (att->attisdropped) continue;
+        int c = 0;
+        while (c < OUTBOX_NATTS && strcmp(NameStr(att->attname), outbox_columns[c].name) != 0) c++;
+        if (c < OUTBOX_NATTS) {
+            if (att->atttypid != outbox_columns[c].type)
+                outbox_mismatch(psprintf("Column \"%s\" has type %s, expected %s.", outbox_columns[c].name,
+                                         format_type_be(att->atttypid), format_type_be(outbox_columns[c].type)));
+            w->column[c] = i;
+            continue;
+        }
+        if (att->attgenerated)
+            outbox_mismatch(psprintf("Column \"%s\" is generated.", NameStr(att->attname)));
+        if (Node *def = build_column_default(w->rel, i + 1)) {
+            w->default_index[w->ndefaults] = i;
+            w->default_expr[w->ndefaults] = ExecPrepareExpr(reinterpret_cast<Expr *>(def), w->estate);
+            w->ndefaults++;
+        } else if (att->attnotnull) {
+            outbox_mismatch(psprintf("Column \"%s\" is NOT NULL without a default.", NameStr(att->attname)));
+        }
+    }
+    for (int c = 0; c < OUTBOX_NATTS; c++)
+        if (outbox_columns[c].required && w->column[c] < 0)
+            outbox_mismatch(psprintf("Column \"%s\" is missing.", outbox_columns[c].name));
+}
+
 void outbox_open(OutboxWriter *w, bool bulk) {
     Oid nsp = bunce_namespace();
     Oid relid = get_relname_relid("outbox", nsp);
@@ -190,19 +256,8 @@ void outbox_open(OutboxWriter *w, bool bulk) {
                         errmsg("bunce.outbox is missing"),
                         errhint("Reinstall the extension: DROP EXTENSION bunce; CREATE EXTENSION bunce.")));
     w->rel = table_open(relid, RowExclusiveLock);
-    if (relid != checked_outbox) {
-        TupleDesc desc = RelationGetDescr(w->rel);
-        bool ok = desc->natts == OUTBOX_NATTS;
-        for (int i = 0; ok && i < OUTBOX_NATTS; i++)
-            ok = !TupleDescAttr(desc, i)->attisdropped &&
-                 strcmp(NameStr(TupleDescAttr(desc, i)->attname), outbox_columns[i]) == 0;
-        if (!ok)
-            ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                            errmsg("bunce.outbox does not have the columns this version of bunce expects"),
-                            errhint("Run ALTER EXTENSION bunce UPDATE.")));
-        checked_outbox = relid;
-    }
     w->estate = CreateExecutorState();
+    map_outbox_columns(w);
     w->rri = makeNode(ResultRelInfo);
     InitResultRelInfo(w->rri, w->rel, 1, nullptr, 0);
     ExecOpenIndices(w->rri, false);
@@ -263,10 +318,14 @@ int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
     const TimestampTz now = GetCurrentTransactionStartTimestamp();
     Datum *v = slot->tts_values;
     bool *n = slot->tts_isnull;
-    for (int i = 0; i < OUTBOX_NATTS; i++) n[i] = true;
-    auto set = [&](int i, Datum d) {
-        v[i] = d;
-        n[i] = false;
+    for (int i = 0; i < slot->tts_tupleDescriptor->natts; i++) n[i] = true;
+    for (int d = 0; d < w->ndefaults; d++) {
+        const int i = w->default_index[d];
+        v[i] = ExecEvalExprSwitchContext(w->default_expr[d], GetPerTupleExprContext(w->estate), &n[i]);
+    }
+    auto set = [&](int c, Datum d) {
+        v[w->column[c]] = d;
+        n[w->column[c]] = false;
     };
     set(COL_ID, Int64GetDatum(id));
     set(COL_EVENT_ID, event_id);
@@ -343,18 +402,42 @@ OutboxWriter *single_row_writer() {
  * Validation, and bunce.on_invalid.
  */
 
+// bunce.max_payload_size bounds a payload's JSON text as the worker sends it (jsonb's text
+// form), so that the worker's memory is bounded by bunce.max_in_flight payloads.
+bool within_size_limit(size_t size, CoreError &err) {
+    if (size <= static_cast<size_t>(max_payload_size)) return true;
+    err.failed = true;
+    err.sqlstate = ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+    snprintf(err.message, sizeof err.message, "payload is %zu bytes, more than bunce.max_payload_size (%d bytes)",
+             size, max_payload_size);
+    strlcpy(err.hint, "Send less data with the event, or raise bunce.max_payload_size in the server configuration.",
+            sizeof err.hint);
+    return false;
+}
+
 // Validates and normalises payload JSON text. Returns the jsonb to store, or (Datum) 0 with
-// err filled in. `original` is the caller's jsonb, reused when nothing changed.
+// err filled in. `original` is the caller's jsonb, reused when nothing changed; then `text`
+// is its text form, and one too large is refused before it is parsed (normalising adds at
+// most the quotes of an integer customer_id).
 Datum prepare(const char *text, Datum original, CoreError &err) {
+    const size_t size = strlen(text);
+    if (original != static_cast<Datum>(0) && size > static_cast<size_t>(max_payload_size) + 2 &&
+        !within_size_limit(size, err))
+        return static_cast<Datum>(0);
     bool changed = false;
     char *normalised = nullptr;
+    size_t normalised_size = 0;
     if (!guarded(err, [&] {
             bunce::PreparedPayload p = bunce::prepare_payload(text);
             changed = p.changed;
             if (changed) normalised = pstrdup_nothrow(p.json.data(), p.json.size());
+            normalised_size = p.json.size();
         }))
         return static_cast<Datum>(0);
-    if (!changed && original != static_cast<Datum>(0)) return original;
+    if (original != static_cast<Datum>(0)) {
+        if (!within_size_limit(changed ? normalised_size : size, err)) return static_cast<Datum>(0);
+        if (!changed) return original;
+    }
     return DirectFunctionCall1(jsonb_in, CStringGetDatum(changed ? normalised : text));
 }
 
@@ -366,7 +449,7 @@ int64 refuse(const CoreError &err, const char *context, Datum event_id, bool eve
 
     // Written as the owner of bunce.dead_letters: the caller needs no privilege on schema
     // bunce (the right to enqueue is EXECUTE on bunce_trigger, or being able to fire the
-    // trigger). Everything in the statement is schema-qualified, as it runs with the caller's
+    // trigger). Everything in the statement is schema-qualified, and it runs with a pinned
     // search_path.
     Oid dead_relid = get_relname_relid("dead_letters", bunce_namespace());
     if (!OidIsValid(dead_relid))
@@ -410,12 +493,17 @@ int64 refuse(const CoreError &err, const char *context, Datum event_id, bool eve
     // An ERROR in between is fine: transaction abort restores the user id.
     SetUserIdAndSecContext(dead_owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
                                            SECURITY_RESTRICTED_OPERATION);
+    // Not the caller's search_path: nothing the caller planted may run as the table owner.
+    const int save_nestlevel = NewGUCNestLevel();
+    (void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+                             GUC_ACTION_SAVE, true, 0, false);
     SPI_connect();
     if (SPI_execute_with_args(sql, 3, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
         elog(ERROR, "could not insert into bunce.dead_letters");
     bool isnull;
     int64 id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
     SPI_finish();
+    AtEOXact_GUC(true, save_nestlevel);
     SetUserIdAndSecContext(save_userid, save_sec_context);
     ereport(WARNING, (errcode(err.sqlstate), errmsg("bunce event refused and kept as dead letter %lld",
                                                     static_cast<long long>(id)),
@@ -458,6 +546,11 @@ Datum bunce_trigger_enqueue(PG_FUNCTION_ARGS) {
 // Lets SQL code that moves events into the outbox (bunce.retry_dead_letters) count them
 // and wake the worker at commit, like bunce_trigger does.
 Datum bunce_notify_enqueued(PG_FUNCTION_ARGS) {
+    // Called by bunce's own SECURITY DEFINER functions; anyone else could skew the counters.
+    if (!superuser())
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("permission denied for function bunce.notify_enqueued"),
+                        errhint("It is called by bunce.retry_dead_letters(); call that instead.")));
     xact_enqueued += PG_GETARG_INT64(0);
     PG_RETURN_VOID();
 }
@@ -504,13 +597,33 @@ struct TriggerSetup {
 };
 
 HTAB *setups = nullptr;
+bool setups_invalidated = false;
 
 void invalidate_setups(Datum, Oid relid) {
     if (!setups) return;
     HASH_SEQ_STATUS it;
     hash_seq_init(&it, setups);
-    while (auto *s = static_cast<TriggerSetup *>(hash_seq_search(&it)))
-        if (relid == InvalidOid || s->relid == relid) s->valid = false;
+    while (auto *s = static_cast<TriggerSetup *>(hash_seq_search(&it))) {
+        if (relid == InvalidOid || s->relid == relid) {
+            s->valid = false;
+            setups_invalidated = true;
+        }
+    }
+}
+
+// Frees the setups invalidated since (those of dropped triggers would otherwise stay for the
+// life of the session). Only when no bunce trigger is running in this backend: one may be
+// using its setup while a user type's output function fires another.
+void sweep_setups() {
+    if (!setups_invalidated || triggers_running > 0) return;
+    setups_invalidated = false;
+    HASH_SEQ_STATUS it;
+    hash_seq_init(&it, setups);
+    while (auto *s = static_cast<TriggerSetup *>(hash_seq_search(&it))) {
+        if (s->valid) continue;
+        MemoryContextDelete(s->cxt);
+        hash_search(setups, &s->trigger, HASH_REMOVE, nullptr);
+    }
 }
 
 bool looks_like_uuid(const char *s) {
@@ -608,10 +721,12 @@ TriggerSetup *trigger_setup(TriggerData *td) {
         setups = hash_create("bunce trigger setups", 16, &ctl, HASH_ELEM | HASH_BLOBS);
         CacheRegisterRelcacheCallback(invalidate_setups, 0);
     }
+    sweep_setups();
     bool found;
     auto *s = static_cast<TriggerSetup *>(hash_search(setups, &tg->tgoid, HASH_ENTER, &found));
     if (found && s->valid) return s;
-    if (found) MemoryContextDelete(s->cxt);
+    // A call further up may still use the old setup (see sweep_setups): then it is left be.
+    if (found && triggers_running == 0) MemoryContextDelete(s->cxt);
     s->valid = false;
     s->cxt = AllocSetContextCreate(CacheMemoryContext, "bunce trigger setup", ALLOCSET_SMALL_SIZES);
     s->relid = RelationGetRelid(rel);
@@ -827,6 +942,14 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringI
         payload = prepare(buf->data, 0, err);
     else if (guarded(err, [&] { bunce::check_fields(fields); }))
         payload = DirectFunctionCall1(jsonb_in, CStringGetDatum(buf->data));
+    // The text built here is compact; jsonb's text form adds at most a space after each ','
+    // and ':', so it is measured only when it could be too large.
+    if (!err.failed && static_cast<size_t>(buf->len) * 2 > static_cast<size_t>(max_payload_size)) {
+        Jsonb *jb = DatumGetJsonbP(payload);
+        char *sent = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+        within_size_limit(strlen(sent), err);
+        pfree(sent);
+    }
     if (err.failed) {
         refuse(err, context, UUIDPGetDatum(&s->event_id), false, buf->data);
         return;
@@ -851,6 +974,7 @@ Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
                         errhint("An event describes a change that happened: use AFTER.")));
     check_writable("A bunce trigger");
     TriggerSetup *s = trigger_setup(td);
+    triggers_running++;
     const bool deleting = TRIGGER_FIRED_BY_DELETE(td->tg_event);
     char *context = psprintf("trigger \"%s\" on table \"%s\"", tgname, table);
     StringInfoData buf;
@@ -863,6 +987,7 @@ Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
         ExecStoreHeapTuple(tuple, slot, false);
         enqueue_row(single_row_writer(), s, slot, &buf, context);
         ExecDropSingleTupleTableSlot(slot);
+        triggers_running--;
         return PointerGetDatum(nullptr);
     }
 
@@ -885,5 +1010,6 @@ Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
     }
     outbox_close(&w);
     ExecDropSingleTupleTableSlot(slot);
+    triggers_running--;
     return PointerGetDatum(nullptr);
 }

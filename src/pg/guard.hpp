@@ -38,6 +38,8 @@ bool guarded(CoreError &err, Fn &&fn) noexcept {
         set(ERRCODE_INVALID_PARAMETER_VALUE, e.what(), e.hint().c_str());
     } catch (const bunce::InvalidMapping &e) {
         set(ERRCODE_INVALID_PARAMETER_VALUE, e.what(), e.hint().c_str());
+    } catch (const bunce::LimitExceeded &e) {
+        set(ERRCODE_PROGRAM_LIMIT_EXCEEDED, e.what(), e.hint().c_str());
     } catch (const bunce::InvalidJson &e) {
         set(ERRCODE_INVALID_TEXT_REPRESENTATION, e.what(), nullptr);
     } catch (const std::bad_alloc &) {

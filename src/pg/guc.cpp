@@ -1,10 +1,18 @@
-// The bunce.* settings, defined in one place.
+// The bunce.* settings, defined in one place, and the API key (bunce.api_key or
+// bunce.api_key_file), which only the server configuration may hold.
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "bunce_pg.hpp"
 
 extern "C" {
+#include "miscadmin.h"
 #include "utils/guc.h"
 }
 
@@ -20,6 +28,9 @@ bool enabled;
 char *ca_file;
 int delivery_log_retention_s;
 int on_invalid;
+char *api_key_file;
+char *https_proxy;
+int max_payload_size;
 
 namespace {
 
@@ -31,8 +42,10 @@ const char *kMask = "********";
 // value, set or not, with the same mask and passes the real one on as "extra". So SHOW,
 // pg_settings and current_setting() show only the mask, and the postmaster's
 // "parameter changed to" line on reload, printed only when the stored value changes, is
-// never printed for it.
-bool check_api_key(char **newval, void **extra, GucSource) {
+// never printed for it. Only the server configuration may hold the key: a value from
+// ALTER DATABASE/ROLE ... SET (readable by every role in pg_db_role_setting), a client's
+// startup options or SET is refused.
+bool check_api_key(char **newval, void **extra, GucSource source) {
     const char *given = *newval ? *newval : "";
     char *copy = strdup(given);
     char *mask = strdup(kMask);
@@ -42,7 +55,16 @@ bool check_api_key(char **newval, void **extra, GucSource) {
         return false;
     }
     free(*newval);
-    *newval = mask;
+    *newval = mask;  // first: PostgreSQL quotes the refused value in some messages
+    const bool server_config = source <= PGC_S_ARGV;
+    if (!server_config) {
+        free(copy);
+        GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+        GUC_check_errmsg("bunce.api_key can be set only in the server configuration");
+        GUC_check_errhint("Use ALTER SYSTEM SET bunce.api_key or postgresql.conf, or point "
+                          "bunce.api_key_file at a file, then reload.");
+        return false;
+    }
     *extra = copy;
     return true;
 }
@@ -59,14 +81,65 @@ const struct config_enum_entry on_invalid_options[] = {
     {nullptr, 0, false},
 };
 
+char file_key[1024];  // the key read from bunce.api_key_file by load_api_key()
+
 }  // namespace
 
-const char *api_key() { return real_api_key; }
+const char *api_key() { return api_key_file[0] ? file_key : real_api_key; }
+
+// Reads bunce.api_key_file into file_key. It must be a regular file of the server's OS user
+// that nobody else may read, as PostgreSQL demands of ssl_key_file. The key is the first line,
+// without surrounding whitespace. Returns false with the reason (never the file's content).
+bool load_api_key(char *problem, size_t size) {
+    file_key[0] = '\0';
+    if (!api_key_file[0]) return true;
+    const int fd = open(api_key_file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        snprintf(problem, size, "bunce.api_key_file could not be opened: %s", strerror(errno));
+        return false;
+    }
+    struct stat st;
+    char buf[sizeof file_key + 1];
+    ssize_t n = -1;
+    if (fstat(fd, &st) != 0)
+        snprintf(problem, size, "bunce.api_key_file could not be read: %s", strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        snprintf(problem, size, "bunce.api_key_file is not a regular file");
+    else if (st.st_uid != geteuid())
+        snprintf(problem, size, "bunce.api_key_file must be owned by the database server's user");
+    else if (st.st_mode & (S_IRWXG | S_IRWXO))
+        snprintf(problem, size, "bunce.api_key_file is accessible to other users: make it u=rw (chmod 600)");
+    else if ((n = read(fd, buf, sizeof buf - 1)) < 0)
+        snprintf(problem, size, "bunce.api_key_file could not be read: %s", strerror(errno));
+    close(fd);
+    if (n < 0) return false;
+    buf[n] = '\0';
+    char *start = buf;
+    while (*start == ' ' || *start == '\t' || *start == '\r' || *start == '\n') start++;
+    size_t len = strcspn(start, "\r\n");
+    while (len > 0 && (start[len - 1] == ' ' || start[len - 1] == '\t')) len--;
+    if (len == 0) {
+        snprintf(problem, size, "bunce.api_key_file holds no key");
+        return false;
+    }
+    if (len >= sizeof file_key) {
+        snprintf(problem, size, "bunce.api_key_file holds a line too long to be a key");
+        return false;
+    }
+    memcpy(file_key, start, len);
+    file_key[len] = '\0';
+    explicit_bzero(buf, sizeof buf);
+    return true;
+}
 
 void define_gucs() {
+    // Without shared_preload_libraries there is no worker, and PostgreSQL allows no
+    // PGC_POSTMASTER setting to be defined after start-up (a FATAL): enqueueing still works.
     DefineCustomStringVariable(
         "bunce.database", "Database whose bunce.outbox the delivery worker drains.", nullptr,
-        &database, "postgres", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+        &database, "postgres",
+        process_shared_preload_libraries_in_progress ? PGC_POSTMASTER : PGC_SIGHUP, 0, nullptr,
+        nullptr, nullptr);
     DefineCustomStringVariable(
         "bunce.api_url", "Base URL of the Bunce API (events go to <api_url>/events/trigger).",
         "https://, or plain http:// to a loopback address only.", &api_url,
@@ -76,6 +149,19 @@ void define_gucs() {
         "Never shown: SHOW and pg_settings display a mask.", &api_key_guc, "", PGC_SUSET,
         GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_NO_RESET_ALL,
         check_api_key, assign_api_key, show_api_key);
+    DefineCustomStringVariable(
+        "bunce.api_key_file", "File holding the Bunce secret key; when set, it is used instead of bunce.api_key.",
+        "Re-read on reload. The file must belong to the server's OS user, mode 600.",
+        &api_key_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+    DefineCustomStringVariable(
+        "bunce.https_proxy", "Proxy for https:// requests to Bunce (empty: none).",
+        "Proxy settings of the server's environment are ignored; plain http:// never uses a proxy.",
+        &https_proxy, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable(
+        "bunce.max_payload_size", "Largest payload, as JSON text, that an event may have.",
+        "Bounds the worker's memory: at most bunce.max_in_flight payloads of this size are held.",
+        &max_payload_size, 256 * 1024, 1024, 16 * 1024 * 1024, PGC_SIGHUP, GUC_UNIT_BYTE, nullptr,
+        nullptr, nullptr);
     DefineCustomIntVariable(
         "bunce.rate_limit", "Most requests per minute sent to Bunce (0 = no limit).",
         "Bunce allows 500 per minute per IP address and blocks it for 60 s past that.",

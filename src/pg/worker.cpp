@@ -2,6 +2,8 @@
 // multi interface after the claim committed (never HTTP inside a transaction holding outbox
 // rows), and records each answer: delete on 2xx, dead letter on a permanent refusal, back
 // off and retry on anything transient.
+#include <malloc.h>
+
 #include <cstring>
 #include <random>
 #include <string>
@@ -17,6 +19,7 @@ extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -48,18 +51,11 @@ namespace {
 struct Delivery {
     bunce::HttpSender sender;
     bunce::RateLimiter limiter;
-    std::unordered_map<int64_t, int> attempts;  // in flight: outbox id -> attempt number
+    std::vector<bunce::HttpRequest> staged;     // claimed, sent once the claim has committed
+    std::unordered_map<int64_t, int> attempts;  // claimed or in flight: outbox id -> attempt number
     std::mt19937_64 random{std::random_device{}()};
 };
 Delivery *delivery = nullptr;  // never destroyed: the process exits instead
-
-struct Claimed {
-    int64 id;
-    int attempts;
-    char *event_id;
-    char *payload;
-    char *key;
-};
 
 struct Answer {
     int64 id;
@@ -95,25 +91,38 @@ void delivery_configure() {
         o.api_key = api_key();
         o.user_agent = "bunce/" BUNCE_VERSION;
         o.ca_file = ca_file ? ca_file : "";
+        o.proxy = https_proxy ? https_proxy : "";
         o.timeout_ms = request_timeout_ms;
         delivery->sender.configure(o);
         delivery->limiter.set_limit(rate_limit);
     }));
 }
 
-void delivery_submit(Claimed *rows, int n) {
+// A claimed event's request, built straight from its payload text: the worker keeps one copy
+// of each payload in flight, no more.
+void delivery_stage(int64 id, int attempts, const char *event_id, const char *payload, const char *key) {
     check(guarded(cpp_error, [&] {
+        std::string body;
+        body.reserve(strlen(payload) + 64);
+        body += "{\"event_id\":\"";
+        body += event_id;
+        body += "\",\"payload\":";
+        body += payload;
+        body += '}';
+        delivery->staged.push_back({id, std::move(body), key});
+        delivery->attempts[id] = attempts;
+    }));
+}
+
+// Sends what was staged.
+void delivery_submit_staged() {
+    check(guarded(cpp_error, [] {
         const int64_t now = bunce::monotonic_us();
-        for (int i = 0; i < n; i++) {
-            std::string body = "{\"event_id\":\"";
-            body += rows[i].event_id;
-            body += "\",\"payload\":";
-            body += rows[i].payload;
-            body += '}';
-            delivery->sender.submit({rows[i].id, std::move(body), rows[i].key});
+        for (auto &r : delivery->staged) {
+            delivery->sender.submit(std::move(r));
             delivery->limiter.record(now);
-            delivery->attempts[rows[i].id] = rows[i].attempts;
         }
+        delivery->staged.clear();
     }));
 }
 
@@ -172,11 +181,18 @@ int64 limiter_wait_us() { return delivery->limiter.wait_us(bunce::monotonic_us()
  * Worker state, published in shared memory for bunce.status; one log line per change.
  */
 volatile sig_atomic_t stop_requested = false;
+volatile sig_atomic_t in_transaction = false;  // between begin() and end()
 
+// SIGTERM between rounds lets requests in flight finish briefly (see the loop). Inside a
+// transaction, a lock wait or a long statement, it is PostgreSQL's own die(): the worker ends
+// at the next interrupt check, as any backend would.
 void handle_sigterm(SIGNAL_ARGS) {
-    (void) postgres_signal_arg;
-    int save_errno = errno;
     stop_requested = true;
+    if (in_transaction) {
+        die(postgres_signal_arg);
+        return;
+    }
+    int save_errno = errno;
     SetLatch(MyLatch);
     errno = save_errno;
 }
@@ -270,10 +286,10 @@ void prepare_plans() {
     if (plan_claim) return;
     Oid claim_types[] = {INT4OID};
     plan_claim = prepare(
-        "UPDATE bunce.outbox o SET sending_since = statement_timestamp(), attempts = o.attempts + 1, "
-        "       first_attempt_at = coalesce(o.first_attempt_at, statement_timestamp()) "
+        "UPDATE bunce.outbox o SET sending_since = pg_catalog.statement_timestamp(), attempts = o.attempts + 1, "
+        "       first_attempt_at = coalesce(o.first_attempt_at, pg_catalog.statement_timestamp()) "
         "FROM (SELECT id FROM bunce.outbox "
-        "      WHERE next_attempt_at <= statement_timestamp() AND sending_since IS NULL "
+        "      WHERE next_attempt_at <= pg_catalog.statement_timestamp() AND sending_since IS NULL "
         "      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) c "
         "WHERE o.id = c.id "
         "RETURNING o.id, o.attempts, o.event_id::text, o.payload::text, o.idempotency_key::text",
@@ -281,17 +297,17 @@ void prepare_plans() {
     Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID};
     plan_delivered = prepare("DELETE FROM bunce.outbox WHERE id = ANY ($1)", 1, del_types);
     plan_delivered_logged = prepare(
-        "WITH a AS (SELECT * FROM unnest($1::bigint[], $2::integer[]) AS a(id, status)), "
+        "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[])) AS a(id, status)), "
         "d AS (DELETE FROM bunce.outbox o USING a WHERE o.id = a.id "
         "      RETURNING o.id, o.event_id, o.idempotency_key, a.status, o.attempts, o.enqueued_at) "
         "INSERT INTO bunce.deliveries (id, event_id, idempotency_key, http_status, attempts, enqueued_at) "
         "SELECT * FROM d "
-        "ON CONFLICT (id) DO UPDATE SET delivered_at = now(), http_status = excluded.http_status, "
+        "ON CONFLICT (id) DO UPDATE SET delivered_at = pg_catalog.now(), http_status = excluded.http_status, "
         "                               attempts = excluded.attempts",
         2, del_types);
     Oid dead_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
     plan_dead = prepare(
-        "WITH a AS (SELECT * FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[]) "
+        "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) "
         "           AS a(id, status, message, reason)), "
         "d AS (DELETE FROM bunce.outbox o USING a WHERE o.id = a.id "
         "      RETURNING o.*, a.status AS a_status, a.message AS a_message, a.reason AS a_reason) "
@@ -303,10 +319,10 @@ void prepare_plans() {
     Oid retry_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
     plan_retry = prepare(
         "UPDATE bunce.outbox o SET sending_since = NULL, "
-        "       next_attempt_at = statement_timestamp() + a.delay_ms * interval '1 millisecond', "
+        "       next_attempt_at = pg_catalog.statement_timestamp() + a.delay_ms * interval '1 millisecond', "
         "       last_status = nullif(a.status, 0), last_error = a.message, "
         "       attempts = o.attempts - a.uncounted "
-        "FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::bigint[], $5::integer[]) "
+        "FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), pg_catalog.unnest($5::integer[])) "
         "     AS a(id, status, message, delay_ms, uncounted) "
         "WHERE o.id = a.id",
         5, retry_types);
@@ -431,24 +447,45 @@ int record(Answer *r, int n, int *delivered, int *dead, const Answer **last_erro
     return ok.n + gone.n;
 }
 
-int claim(int limit, Claimed **out) {
+// Claims up to `limit` due events and stages their requests; returns how many. A payload over
+// bunce.max_payload_size (enqueued before the limit was lowered, or written into the outbox
+// by hand) is not sent: it becomes a dead letter at once, so the worker never holds more
+// than bunce.max_in_flight payloads of that size. *oversize counts those.
+int claim(int limit, int *oversize) {
     Datum args[] = {Int32GetDatum(limit)};
     run(plan_claim, args, SPI_OK_UPDATE_RETURNING);
     const int n = static_cast<int>(SPI_processed);
-    // Into the loop's context: SPI's memory is gone when the transaction ends.
-    auto *rows = static_cast<Claimed *>(MemoryContextAlloc(loop_cxt, sizeof(Claimed) * (n + 1)));
+    SPITupleTable *claimed = SPI_tuptable;
+    Batch big;
+    batch_init(&big, n);
     for (int i = 0; i < n; i++) {
-        HeapTuple t = SPI_tuptable->vals[i];
-        TupleDesc d = SPI_tuptable->tupdesc;
+        HeapTuple t = claimed->vals[i];
+        TupleDesc d = claimed->tupdesc;
         bool isnull;
-        rows[i].id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-        rows[i].attempts = DatumGetInt32(SPI_getbinval(t, d, 2, &isnull));
-        rows[i].event_id = MemoryContextStrdup(loop_cxt, SPI_getvalue(t, d, 3));
-        rows[i].payload = MemoryContextStrdup(loop_cxt, SPI_getvalue(t, d, 4));
-        rows[i].key = MemoryContextStrdup(loop_cxt, SPI_getvalue(t, d, 5));
+        const int64 id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+        char *payload = SPI_getvalue(t, d, 4);
+        const size_t size = strlen(payload);
+        if (size > static_cast<size_t>(max_payload_size)) {
+            big.ids[big.n] = Int64GetDatum(id);
+            big.statuses[big.n] = Int32GetDatum(0);
+            big.messages[big.n] = CStringGetTextDatum(
+                psprintf("not sent: the payload is %zu bytes, more than bunce.max_payload_size (%d bytes)",
+                         size, max_payload_size));
+            big.extra[big.n] = CStringGetTextDatum("invalid");
+            big.n++;
+        } else {
+            delivery_stage(id, DatumGetInt32(SPI_getbinval(t, d, 2, &isnull)), SPI_getvalue(t, d, 3),
+                           payload, SPI_getvalue(t, d, 5));
+        }
+        pfree(payload);
     }
-    *out = rows;
-    return n;
+    if (big.n) {
+        Datum dead_args[] = {int8s(big.ids, big.n), int4s(big.statuses, big.n),
+                             texts(big.messages, big.n), texts(big.extra, big.n)};
+        run(plan_dead, dead_args, SPI_OK_INSERT);
+    }
+    *oversize = big.n;
+    return n - big.n;
 }
 
 TimestampTz query_next_due() {
@@ -466,6 +503,7 @@ int64 query_int(const char *sql) {
 }
 
 void begin(const char *activity) {
+    in_transaction = true;
     SetCurrentStatementStartTimestamp();
     StartTransactionCommand();
     SPI_connect();
@@ -477,6 +515,7 @@ void end() {
     SPI_finish();
     PopActiveSnapshot();
     CommitTransactionCommand();
+    in_transaction = false;
     pgstat_report_activity(STATE_IDLE, nullptr);
     MemoryContextSwitchTo(loop_cxt);
 }
@@ -493,10 +532,10 @@ bool check_extension() {
         prepare_plans();
         const int64 resent = query_int(
             "WITH r AS (UPDATE bunce.outbox SET sending_since = NULL, possible_duplicate = true, "
-            "next_attempt_at = least(next_attempt_at, statement_timestamp()) "
-            "WHERE sending_since IS NOT NULL RETURNING 1) SELECT count(*) FROM r");
+            "next_attempt_at = least(next_attempt_at, pg_catalog.statement_timestamp()) "
+            "WHERE sending_since IS NOT NULL RETURNING 1) SELECT pg_catalog.count(*) FROM r");
         const uint64 committed = pg_atomic_read_u64(&shared->committed);
-        const int64 queued = query_int("SELECT count(*) FROM bunce.outbox");
+        const int64 queued = query_int("SELECT pg_catalog.count(*) FROM bunce.outbox");
         SpinLockAcquire(&shared->mutex);
         shared->possibly_duplicated += resent;
         shared->queued_base = queued;
@@ -519,13 +558,13 @@ void prune_deliveries(TimestampTz now) {
     int64 removed;
     if (delivery_log_retention_s == 0) {
         removed = query_int("WITH d AS (DELETE FROM bunce.deliveries WHERE id IN "
-                            "(SELECT id FROM bunce.deliveries LIMIT 5000) RETURNING 1) SELECT count(*) FROM d");
+                            "(SELECT id FROM bunce.deliveries LIMIT 5000) RETURNING 1) SELECT pg_catalog.count(*) FROM d");
     } else {
         char sql[512];
         snprintf(sql, sizeof sql,
                  "WITH d AS (DELETE FROM bunce.deliveries WHERE id IN (SELECT id FROM bunce.deliveries "
-                 "WHERE delivered_at < now() - interval '%d seconds' ORDER BY delivered_at LIMIT 5000) "
-                 "RETURNING 1) SELECT count(*) FROM d",
+                 "WHERE delivered_at < pg_catalog.now() - interval '%d seconds' ORDER BY delivered_at LIMIT 5000) "
+                 "RETURNING 1) SELECT pg_catalog.count(*) FROM d",
                  delivery_log_retention_s);
         removed = query_int(sql);
     }
@@ -538,7 +577,7 @@ void count_waiting_retry(TimestampTz now) {
     last_retry_count = now;
     begin("bunce: counting retries");
     const int64 waiting = query_int(
-        "SELECT count(*) FROM bunce.outbox WHERE next_attempt_at > statement_timestamp() AND sending_since IS NULL");
+        "SELECT pg_catalog.count(*) FROM bunce.outbox WHERE next_attempt_at > pg_catalog.statement_timestamp() AND sending_since IS NULL");
     end();
     SpinLockAcquire(&shared->mutex);
     shared->waiting_retry = waiting;
@@ -546,8 +585,11 @@ void count_waiting_retry(TimestampTz now) {
 }
 
 // Why no new requests may start now, or nullptr.
+char key_problem[256];  // why bunce.api_key_file cannot be used, or empty
+
 const char *config_problem() {
     static char problem[256];
+    if (key_problem[0]) return key_problem;
     if (!api_key()[0]) return "bunce.api_key is not set";
     CoreError err;
     bool bad = false;
@@ -568,6 +610,42 @@ void worker_exit(int, Datum) {
     shared->state = WORKER_STOPPED;
     shared->in_flight = 0;
     SpinLockRelease(&shared->mutex);
+}
+
+// Settings from ALTER DATABASE/ROLE ... SET (which a database owner may make) were applied
+// when this session started. The worker runs as a superuser: none of them may change what
+// its SQL resolves to (search_path: every statement is schema-qualified, and operators and
+// types then resolve in pg_catalog), the role it runs as, or stop it (timeouts, read-only).
+void pin_session_settings() {
+    static const char *const pinned[][2] = {
+        {"search_path", "pg_catalog, pg_temp"},
+        {"role", "none"},
+        {"statement_timeout", "0"},
+        {"lock_timeout", "0"},
+        {"idle_in_transaction_session_timeout", "0"},
+        {"idle_session_timeout", "0"},
+        {"default_transaction_read_only", "off"},
+        {"default_transaction_isolation", "read committed"},
+        {"default_transaction_deferrable", "off"},
+        {"session_replication_role", "origin"},
+        {"enable_indexscan", "on"},
+        {"enable_indexonlyscan", "on"},
+        {"enable_bitmapscan", "on"},
+        {"jit", "off"},
+    };
+    for (const auto &p : pinned) SetConfigOption(p[0], p[1], PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+// (Re-)reads bunce.api_key_file; what stops it stops delivery (see config_problem).
+void reload_api_key() {
+    if (load_api_key(key_problem, sizeof key_problem)) key_problem[0] = '\0';
+}
+
+// Tells a changed key apart without keeping a copy of it (nor a C++ object alive across
+// ProcessConfigFile, which may ERROR).
+uint64 key_fingerprint() {
+    const char *k = api_key();
+    return hash_bytes_extended(reinterpret_cast<const unsigned char *>(k), static_cast<int>(strlen(k)), 0);
 }
 
 long ms_until(TimestampTz t, TimestampTz now) {
@@ -600,6 +678,12 @@ void bunce_worker_main(Datum) {
     pqsignal(SIGTERM, handle_sigterm);
     BackgroundWorkerUnblockSignals();
     BackgroundWorkerInitializeConnection(database, nullptr, 0);
+    pin_session_settings();
+    reload_api_key();
+    // Payload-sized buffers (up to bunce.max_payload_size each) go back to the system when
+    // freed: a fixed threshold stops glibc from raising it after the first large free and
+    // then keeping such buffers in the heap for good.
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 
     before_shmem_exit(worker_exit, 0);
     SpinLockAcquire(&shared->mutex);
@@ -630,10 +714,11 @@ void bunce_worker_main(Datum) {
 
         if (ConfigReloadPending) {
             ConfigReloadPending = false;
-            const std::string old_key = api_key();
+            const uint64 old_key = key_fingerprint();
             ProcessConfigFile(PGC_SIGHUP);
+            reload_api_key();
             delivery_configure();
-            if (old_key != api_key() && auth_backoff_s) {
+            if (old_key != key_fingerprint() && auth_backoff_s) {
                 // A new key: try it now instead of waiting out the backoff.
                 paused_until = 0;
                 auth_backoff_s = 0;
@@ -681,7 +766,6 @@ void bunce_worker_main(Datum) {
         Answer *results = nullptr;
         const int nresults = delivery_collect(&results);
         int nclaimed = 0;
-        Claimed *claimed = nullptr;
         if (nresults > 0 || (slots > 0 && look_for_work)) {
             if (slots > 0 && look_for_work) {
                 // Before the claim's snapshot: a commit from here on must signal again.
@@ -689,20 +773,21 @@ void bunce_worker_main(Datum) {
                 pg_memory_barrier();
             }
             begin("bunce: recording answers and claiming events");
-            int delivered = 0, dead = 0, removed = 0;
+            int delivered = 0, dead = 0, removed = 0, oversize = 0;
             const Answer *last_error = nullptr;
             if (nresults > 0) removed = record(results, nresults, &delivered, &dead, &last_error);
             // Re-evaluate: an answer may just have paused the sender.
             if (slots > 0 && look_for_work && !paused_until) {
-                nclaimed = claim(slots, &claimed);
-                look_for_work = nclaimed == slots;  // a full batch: there may be more
+                nclaimed = claim(slots, &oversize);
+                look_for_work = nclaimed + oversize == slots;  // a full batch: there may be more
                 if (!look_for_work) next_due = query_next_due();
             }
             end();
-            if (nresults > 0) publish_results(delivered, dead, last_error, removed);
+            if (nresults > 0 || oversize > 0)
+                publish_results(delivered, dead + oversize, last_error, removed + oversize);
         }
         if (nclaimed > 0) {
-            delivery_submit(claimed, nclaimed);
+            delivery_submit_staged();
             count_requests(nclaimed);
             SpinLockAcquire(&shared->mutex);
             shared->in_flight = in_flight();

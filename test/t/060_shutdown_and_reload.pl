@@ -117,6 +117,24 @@ is(log_count($node, $problems), 0, 'no ERROR, FATAL or WARNING in the whole log'
   or note(join "\n", grep { /$problems/ } split /\n/, log_since($node, 0));
 is($bunce->stats->{duplicates}, 0, 'no duplicates in the whole run');
 
+# ---- SIGTERM in a lock wait: the worker ends at once, as any backend would -------------------
+# (After the whole-log check above: this ends the worker with PostgreSQL's own FATAL line.)
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE bunce.outbox IN ACCESS EXCLUSIVE MODE');
+my $stuck = worker_pid($node);
+$node->reload;    # wakes the worker: its next round waits for the lock
+ok( wait_sql($node,
+		"SELECT wait_event_type FROM pg_stat_activity WHERE backend_type = 'bunce worker'", 'Lock'),
+	'the worker waits for the lock on bunce.outbox');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($stuck)");
+ok( wait_for('the stuck worker to end',
+		sub { !kill(0, $stuck) }, timeout => 10),
+	'SIGTERM ends a worker waiting for a lock (it does not wait for the lock to go)');
+$locker->query_safe('COMMIT');
+$locker->quit;
+ok(wait_sql($node, 'SELECT state FROM bunce.status', 'running'),
+	'the postmaster starts the worker again, and it runs');
+
 $node->stop;
 $bunce->stop;
 done_testing();

@@ -1,0 +1,61 @@
+-- bunce 1.1 -> 1.2: hardening. bunce.notify_enqueued is for bunce's own functions only; a
+-- bunce_admin role that someone else made is not trusted silently; the API key is removed
+-- from per-database and per-role settings, where every role could read it.
+\echo Use "ALTER EXTENSION bunce UPDATE TO '1.2'" to load this file. \quit
+
+-- Called by bunce.retry_dead_letters (SECURITY DEFINER); anyone else could skew the counters.
+REVOKE ALL ON FUNCTION bunce.notify_enqueued(bigint) FROM bunce_admin;
+
+-- bunce_admin may read every event: a role of that name that can log in, or that is a
+-- superuser, was not made by bunce (1.0 makes it NOLOGIN), so refuse it; say who its members are
+-- (a WARNING: CREATE EXTENSION hides NOTICEs).
+DO $$
+DECLARE
+    admin pg_catalog.pg_roles;
+    members text;
+BEGIN
+    SELECT * INTO admin FROM pg_catalog.pg_roles WHERE rolname = 'bunce_admin';
+    IF admin.rolcanlogin OR admin.rolsuper THEN
+        RAISE EXCEPTION 'role "bunce_admin" can log in or is a superuser'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'bunce grants bunce_admin read access to every event, customer data included.',
+                  HINT = 'ALTER ROLE bunce_admin NOLOGIN NOSUPERUSER, or drop the role, then retry.';
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(m.rolname), ', ' ORDER BY m.rolname) INTO members
+    FROM pg_catalog.pg_auth_members a JOIN pg_catalog.pg_roles m ON m.oid = a.member
+    WHERE a.roleid = admin.oid;
+    IF members IS NOT NULL THEN
+        RAISE WARNING 'members of role "bunce_admin" can read every bunce event: %', members
+            USING HINT = 'Revoke bunce_admin from roles that must not read customer data.';
+    END IF;
+END
+$$;
+
+-- Only the server configuration may hold the key (bunce 1.2 refuses it elsewhere); a value
+-- set earlier with ALTER DATABASE/ROLE ... SET is readable by every role in
+-- pg_db_role_setting: remove it.
+DO $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN
+        SELECT d.datname, r.rolname
+        FROM pg_catalog.pg_db_role_setting st
+        LEFT JOIN pg_catalog.pg_database d ON d.oid = st.setdatabase
+        LEFT JOIN pg_catalog.pg_roles r ON r.oid = st.setrole
+        WHERE EXISTS (SELECT FROM pg_catalog.unnest(st.setconfig) c WHERE c LIKE 'bunce.api\_key=%')
+    LOOP
+        IF s.rolname IS NULL THEN
+            EXECUTE pg_catalog.format('ALTER DATABASE %I RESET bunce.api_key', s.datname);
+        ELSIF s.datname IS NULL THEN
+            EXECUTE pg_catalog.format('ALTER ROLE %I RESET bunce.api_key', s.rolname);
+        ELSE
+            EXECUTE pg_catalog.format('ALTER ROLE %I IN DATABASE %I RESET bunce.api_key', s.rolname, s.datname);
+        END IF;
+        RAISE WARNING 'removed bunce.api_key from the settings of %',
+            pg_catalog.concat_ws(' in ', 'role ' || pg_catalog.quote_ident(s.rolname),
+                                 'database ' || pg_catalog.quote_ident(s.datname))
+            USING HINT = 'Every role could read it there: rotate the key in Bunce, then set the new one with ALTER SYSTEM or bunce.api_key_file.';
+    END LOOP;
+END
+$$;
