@@ -33,6 +33,7 @@ extern "C" {
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -292,7 +293,7 @@ void prepare_plans() {
         "      WHERE next_attempt_at <= pg_catalog.statement_timestamp() AND sending_since IS NULL "
         "      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) c "
         "WHERE o.id = c.id "
-        "RETURNING o.id, o.attempts, o.event_id::text, o.payload::text, o.idempotency_key::text",
+        "RETURNING o.id, o.attempts, o.event_id::text, o.payload, o.idempotency_key::text",
         1, claim_types);
     Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID};
     plan_delivered = prepare("DELETE FROM bunce.outbox WHERE id = ANY ($1)", 1, del_types);
@@ -458,12 +459,18 @@ int claim(int limit, int *oversize) {
     SPITupleTable *claimed = SPI_tuptable;
     Batch big;
     batch_init(&big, n);
+    // The payload arrives as jsonb, still compressed or in TOAST, and becomes text one row at
+    // a time: the claim never holds more than one payload besides those staged.
+    MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "bunce claim row", ALLOCSET_DEFAULT_SIZES);
     for (int i = 0; i < n; i++) {
         HeapTuple t = claimed->vals[i];
         TupleDesc d = claimed->tupdesc;
         bool isnull;
         const int64 id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-        char *payload = SPI_getvalue(t, d, 4);
+        MemoryContext old = MemoryContextSwitchTo(row_cxt);
+        Jsonb *jb = DatumGetJsonbP(SPI_getbinval(t, d, 4, &isnull));
+        char *payload = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+        MemoryContextSwitchTo(old);
         const size_t size = strlen(payload);
         if (size > static_cast<size_t>(max_payload_size)) {
             big.ids[big.n] = Int64GetDatum(id);
@@ -477,8 +484,9 @@ int claim(int limit, int *oversize) {
             delivery_stage(id, DatumGetInt32(SPI_getbinval(t, d, 2, &isnull)), SPI_getvalue(t, d, 3),
                            payload, SPI_getvalue(t, d, 5));
         }
-        pfree(payload);
+        MemoryContextReset(row_cxt);
     }
+    MemoryContextDelete(row_cxt);
     if (big.n) {
         Datum dead_args[] = {int8s(big.ids, big.n), int4s(big.statuses, big.n),
                              texts(big.messages, big.n), texts(big.extra, big.n)};
