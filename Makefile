@@ -15,7 +15,7 @@ REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=test/regress.conf
 # isolation specs: concurrency of enqueue and claim.
 ISOLATION = $(patsubst test/isolation/specs/%.spec,%,$(sort $(wildcard test/isolation/specs/*.spec)))
-ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=test/regress.conf \
+ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=test/isolation.conf \
 	--inputdir=test/isolation --outputdir=output_iso
 # TAP: the worker's life against the Bunce stand-in.
 TAP_TESTS = 1

@@ -128,7 +128,8 @@ Datum bunce_worker_state(PG_FUNCTION_ARGS) {
         if (s.paused_until) set(3, TimestampTzGetDatum(s.paused_until));
     }
     if (alive) {
-        set(4, Int64GetDatum(s.queued_base + static_cast<int64>(committed - s.committed_at_base)));
+        // Approximate between the worker's counts (every 5 s), never below zero.
+        set(4, Int64GetDatum(Max(0, s.queued_base + static_cast<int64>(committed - s.committed_at_base))));
         set(5, Int32GetDatum(s.in_flight));
         set(6, Int64GetDatum(s.waiting_retry));
     }

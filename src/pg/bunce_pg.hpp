@@ -40,6 +40,7 @@ enum WorkerState { WORKER_STOPPED, WORKER_STARTING, WORKER_WAITING_EXTENSION, WO
 struct Shared {
     slock_t mutex;                  // protects everything below that is not atomic
     Latch *worker_latch;            // set while the worker runs
+    Oid database_id;                // the database the worker serves, once it has connected
     pg_atomic_uint64 committed;     // events enqueued by committed transactions, ever
     pg_atomic_uint32 work_signalled;  // 1: the worker was told of new work and has not claimed since
     int pid;

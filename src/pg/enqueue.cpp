@@ -17,6 +17,7 @@ extern "C" {
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/sequence.h"
 #include "common/pg_prng.h"
 #include "commands/trigger.h"
@@ -74,7 +75,7 @@ void forget_row_writer();
 void xact_callback(XactEvent event, void *) {
     if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) close_row_writer();
     if (event == XACT_EVENT_ABORT) forget_row_writer();
-    if (event == XACT_EVENT_COMMIT && xact_enqueued > 0 && shared) {
+    if (event == XACT_EVENT_COMMIT && xact_enqueued > 0 && shared && MyDatabaseId == shared->database_id) {
         pg_atomic_fetch_add_u64(&shared->committed, static_cast<uint64>(xact_enqueued));
         wake_worker();
     }
@@ -195,6 +196,24 @@ Oid bunce_namespace() {
                         errmsg("extension \"bunce\" is not installed in this database"),
                         errhint("Run CREATE EXTENSION bunce.")));
     return nsp;
+}
+
+// The worker delivers the outbox of bunce.database only: an event enqueued in another database
+// would wait there for ever. (Without shared_preload_libraries there is no worker at all, and
+// bunce.status says so.)
+void check_served_database() {
+    static bool served = false;  // cannot change: bunce.database takes a restart
+    if (served || !shared) return;
+    const char *here = get_database_name(MyDatabaseId);
+    if (here && strcmp(here, database) == 0) {
+        served = true;
+        return;
+    }
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("bunce delivers the events of database \"%s\", not of \"%s\"", database,
+                           here ? here : "?"),
+                    errhint("Enqueue in database \"%s\", or set bunce.database = '%s' and restart the server.",
+                            database, here ? here : "?")));
 }
 
 void check_writable(const char *what) {
@@ -519,6 +538,7 @@ using namespace bunce_pg;
 
 Datum bunce_trigger_enqueue(PG_FUNCTION_ARGS) {
     check_writable("bunce_trigger()");
+    check_served_database();
     if (PG_ARGISNULL(0) || PG_ARGISNULL(1)) {
         CoreError err;
         err.sqlstate = ERRCODE_NULL_VALUE_NOT_ALLOWED;
@@ -973,6 +993,7 @@ Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
                                tgname, table),
                         errhint("An event describes a change that happened: use AFTER.")));
     check_writable("A bunce trigger");
+    check_served_database();
     TriggerSetup *s = trigger_setup(td);
     triggers_running++;
     const bool deleting = TRIGGER_FIRED_BY_DELETE(td->tg_event);

@@ -221,7 +221,7 @@ char pause_reason[128];
 TimestampTz next_due = 0;      // earliest retry due, 0 when unknown/none
 bool look_for_work = true;
 TimestampTz last_prune = 0;
-TimestampTz last_retry_count = 0;
+TimestampTz last_housekeeping = 0;  // see housekeeping()
 
 // Requests sent per second over the last minute (for "rate actually used").
 int64 second_stamp[60];
@@ -441,7 +441,7 @@ int record(Answer *r, int n, int *delivered, int *dead, const Answer **last_erro
                         int4s(again.extra2, again.n)};
         run(plan_retry, args, SPI_OK_UPDATE);
         look_for_work = true;  // unpaused retries may be due at once
-        last_retry_count = 0;  // bunce.status.waiting_retry: count them this round
+        last_housekeeping = 0;  // bunce.status.waiting_retry: count them this round
     }
     *delivered = ok.n;
     *dead = gone.n;
@@ -528,9 +528,49 @@ void end() {
     MemoryContextSwitchTo(loop_cxt);
 }
 
-// True once the extension exists here. On first sight after a start: what a crash left
-// claimed was possibly sent, so it becomes due again, marked and counted as a possible
-// duplicate; the queue is counted once.
+// A claim lasts at most a request's time limit; one this much older is held by no request.
+constexpr int kClaimMarginMs = 30000;
+
+// Makes claims due again that no request of this worker holds: at start-up all of them (what a
+// crash or a stop left behind), later those older than a request can last (restored with the
+// outbox, or left by an earlier worker). Such an event was possibly sent: it is marked,
+// counted and sent again, with the same Idempotency-Key.
+void release_claims(bool all) {
+    char sql[512];
+    char older[128] = "";
+    if (!all)
+        snprintf(older, sizeof older,
+                 "AND sending_since < pg_catalog.statement_timestamp() - interval '%d milliseconds' ",
+                 request_timeout_ms + kClaimMarginMs);
+    snprintf(sql, sizeof sql,
+             "WITH r AS (UPDATE bunce.outbox SET sending_since = NULL, possible_duplicate = true, "
+             "next_attempt_at = least(next_attempt_at, pg_catalog.statement_timestamp()) "
+             "WHERE sending_since IS NOT NULL %sRETURNING 1) SELECT pg_catalog.count(*) FROM r",
+             older);
+    const int64 resent = query_int(sql);
+    if (resent == 0) return;
+    SpinLockAcquire(&shared->mutex);
+    shared->possibly_duplicated += resent;
+    SpinLockRelease(&shared->mutex);
+    ereport(LOG, (errmsg("bunce worker: %lld events were claimed by requests that no longer run; they will be sent again",
+                         static_cast<long long>(resent)),
+                  errdetail("Their rows in bunce.outbox are marked possible_duplicate; each request carries the same Idempotency-Key.")));
+}
+
+// Counts the queue. Between counts bunce.status.queued follows commits (counted at commit in
+// this database) and answers; a count corrects what those miss: COMMIT PREPARED, rows
+// restored or written by hand, DELETEs by hand.
+void recount_queue() {
+    const uint64 committed = pg_atomic_read_u64(&shared->committed);
+    const int64 queued = query_int("SELECT pg_catalog.count(*) FROM bunce.outbox");
+    SpinLockAcquire(&shared->mutex);
+    shared->queued_base = queued;
+    shared->committed_at_base = committed;
+    SpinLockRelease(&shared->mutex);
+}
+
+// True once the extension exists here. On first sight (after a start, or after the extension
+// was dropped and created again): every claim is released and the queue is counted.
 bool extension_ready = false;
 
 bool check_extension() {
@@ -538,21 +578,8 @@ bool check_extension() {
     const bool present = OidIsValid(get_extension_oid("bunce", true));
     if (present && !extension_ready) {
         prepare_plans();
-        const int64 resent = query_int(
-            "WITH r AS (UPDATE bunce.outbox SET sending_since = NULL, possible_duplicate = true, "
-            "next_attempt_at = least(next_attempt_at, pg_catalog.statement_timestamp()) "
-            "WHERE sending_since IS NOT NULL RETURNING 1) SELECT pg_catalog.count(*) FROM r");
-        const uint64 committed = pg_atomic_read_u64(&shared->committed);
-        const int64 queued = query_int("SELECT pg_catalog.count(*) FROM bunce.outbox");
-        SpinLockAcquire(&shared->mutex);
-        shared->possibly_duplicated += resent;
-        shared->queued_base = queued;
-        shared->committed_at_base = committed;
-        SpinLockRelease(&shared->mutex);
-        if (resent > 0)
-            ereport(LOG, (errmsg("bunce worker: %lld events were in flight when delivery stopped; they will be sent again",
-                                 static_cast<long long>(resent)),
-                          errdetail("Their rows in bunce.outbox are marked possible_duplicate; each request carries the same Idempotency-Key.")));
+        release_claims(true);
+        recount_queue();
     }
     end();
     extension_ready = present;
@@ -580,12 +607,30 @@ void prune_deliveries(TimestampTz now) {
     if (removed == 5000) last_prune = 0;  // more to do: next round, in small batches
 }
 
-void count_waiting_retry(TimestampTz now) {
-    if (now - last_retry_count < USECS_PER_SEC) return;
-    last_retry_count = now;
-    begin("bunce: counting retries");
+// Every second: look for due events even if no commit woke the worker (COMMIT PREPARED,
+// pg_restore, rows written into the outbox by hand); count the retries waiting, and every
+// 5 s the whole queue, releasing claims that no request holds; notice a dropped extension.
+TimestampTz last_recount = 0;
+constexpr int64 kHousekeepingUs = USECS_PER_SEC;
+constexpr int64 kRecountUs = 5 * USECS_PER_SEC;
+
+void housekeeping(TimestampTz now) {
+    if (now - last_housekeeping < kHousekeepingUs) return;
+    last_housekeeping = now;
+    look_for_work = true;
+    begin("bunce: housekeeping");
+    if (!OidIsValid(get_extension_oid("bunce", true))) {
+        end();
+        extension_ready = false;  // wait for it again; count afresh when it is back
+        return;
+    }
     const int64 waiting = query_int(
         "SELECT pg_catalog.count(*) FROM bunce.outbox WHERE next_attempt_at > pg_catalog.statement_timestamp() AND sending_since IS NULL");
+    if (now - last_recount >= kRecountUs) {
+        last_recount = now;
+        release_claims(false);
+        recount_queue();
+    }
     end();
     SpinLockAcquire(&shared->mutex);
     shared->waiting_retry = waiting;
@@ -696,6 +741,7 @@ void bunce_worker_main(Datum) {
     before_shmem_exit(worker_exit, 0);
     SpinLockAcquire(&shared->mutex);
     shared->worker_latch = MyLatch;
+    shared->database_id = MyDatabaseId;
     shared->pid = MyProcPid;
     shared->started_at = GetCurrentTimestamp();
     shared->state = WORKER_STARTING;
@@ -810,7 +856,7 @@ void bunce_worker_main(Datum) {
 
         now = GetCurrentTimestamp();
         prune_deliveries(now);
-        count_waiting_retry(now);
+        housekeeping(now);
         // A background worker reports its table statistics itself; without them autovacuum
         // would not see the outbox's deletes and updates.
         const long stats_ms = pgstat_report_stat(false);
@@ -818,7 +864,7 @@ void bunce_worker_main(Datum) {
         // Wait for: the latch (a commit, SIGHUP, SIGTERM), a socket, libcurl's timer, the
         // next retry coming due, the rate limiter, the end of a pause.
         const long curl_ms = delivery_timeout_ms();
-        long timeout = 10000;  // a safety net for commits nobody woke us for (2PC, restores)
+        long timeout = ms_until(last_housekeeping + kHousekeepingUs, now);
         if (curl_ms >= 0) timeout = Min(timeout, curl_ms);
         if (look_for_work && may_send) timeout = limiter_us > 0 ? Min(timeout, (limiter_us + 999) / 1000) : (in_flight() < max_in_flight ? 0 : timeout);
         if (next_due) timeout = Min(timeout, ms_until(next_due, now));
