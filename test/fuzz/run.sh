@@ -71,7 +71,7 @@ for t in $FUZZ_TARGETS; do
         grep -m3 -E 'INVARIANT BROKEN|ERROR: AddressSanitizer|runtime error|ERROR: libFuzzer|terminate called|what\(\)' "$LOG/$t.log"
         if [ -n "$finding" ]; then
             echo "  input $LOG/findings/$t/$finding:"
-            od -An -tx1 -v "$LOG/findings/$t/$finding" | head -20
+            od -An -tx1 -v "$LOG/findings/$t/$finding" | head -20 | sed "s/^/  /"
         fi
     fi
 done
