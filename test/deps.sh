@@ -1,7 +1,9 @@
 # Sourced by test/run-tests.sh and demo/run: installs, as root, the Debian 12 packages that
 # building, testing and the demo need. Does nothing when they are all there.
+# clang-14 and libclang-rt-14-dev: libFuzzer and the sanitizer runtimes (fuzz, sanitize suites).
 BUNCE_PACKAGES="build-essential cmake pkg-config postgresql-15 postgresql-server-dev-15
-  libcurl4-openssl-dev nlohmann-json3-dev libgtest-dev libipc-run-perl python3 curl"
+  libcurl4-openssl-dev nlohmann-json3-dev libgtest-dev libipc-run-perl python3 curl
+  clang-14 libclang-rt-14-dev"
 install_bunce_deps() {
     [ "$(id -u)" = 0 ] || return 0
     # shellcheck disable=SC2086
@@ -9,5 +11,7 @@ install_bunce_deps() {
     echo "== installing packages"
     export DEBIAN_FRONTEND=noninteractive
     # shellcheck disable=SC2086
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends $BUNCE_PACKAGES >/dev/null
+    # Wait for a concurrent apt/dpkg instead of failing on its lock.
+    local apt="apt-get -o DPkg::Lock::Timeout=300"
+    $apt update -qq && $apt install -y -qq --no-install-recommends $BUNCE_PACKAGES >/dev/null
 }

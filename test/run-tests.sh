@@ -4,7 +4,8 @@
 # As root it installs what it needs and runs PostgreSQL as the unprivileged "postgres" user
 # (initdb refuses root); as any other user it expects the packages to be there.
 # Ends with one line: "N passed, N failed".
-# ONLY=unit|regress|isolation|tap runs one suite; PROVE_TESTS='test/t/020_*.pl' picks TAP files.
+# ONLY=unit|sanitize|fuzz|regress|isolation|tap runs one suite; PROVE_TESTS='test/t/020_*.pl'
+# picks TAP files; FUZZ_SECONDS (default 30) is the time per fuzz target.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
@@ -41,6 +42,36 @@ else
 fi
 fi
 
+# The unit tests again, built with AddressSanitizer + UndefinedBehaviorSanitizer: a report
+# aborts the test binary, so ctest counts that test as failed.
+if want sanitize; then
+echo "== unit tests under ASan + UBSan"
+if CXX=clang++-14 cmake -S . -B "$LOGDIR/build-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+       -DBUNCE_SANITIZE=ON >"$LOGDIR/sanitize-build.log" 2>&1 &&
+   make -C "$LOGDIR/build-sanitize" -j2 >>"$LOGDIR/sanitize-build.log" 2>&1; then
+    (cd "$LOGDIR/build-sanitize" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+        ctest --output-on-failure) >"$LOGDIR/sanitize.log" 2>&1
+    total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\)/\2/p' "$LOGDIR/sanitize.log")
+    bad=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of .*/\1/p' "$LOGDIR/sanitize.log")
+    record "sanitize (ASan+UBSan)" "$(( ${total:-0} - ${bad:-0} ))" "${bad:-1}"
+    [ "${bad:-1}" = 0 ] || grep -E "Failed|FAILED|ERROR: AddressSanitizer|runtime error" "$LOGDIR/sanitize.log" | head -20
+else
+    tail -30 "$LOGDIR/sanitize-build.log"
+    record "sanitize (build)" 0 1
+fi
+fi
+
+# libFuzzer on the core's entry points, FUZZ_SECONDS each (test/fuzz/run.sh).
+if want fuzz; then
+echo "== fuzz targets (libFuzzer, ${FUZZ_SECONDS:-30}s each)"
+FUZZ_LOGDIR="$LOGDIR/fuzz" bash test/fuzz/run.sh >"$LOGDIR/fuzz.log" 2>&1
+grep -E '^fuzz_|^  |INVARIANT|ERROR|runtime error|build of' "$LOGDIR/fuzz.log"
+ok=$(grep -cE '^fuzz_[a-z_]+ +ok' "$LOGDIR/fuzz.log")
+bad=$(grep -cE '^fuzz_[a-z_]+ +FINDING' "$LOGDIR/fuzz.log")
+if [ "$ok" = 0 ] && [ "$bad" = 0 ]; then bad=1; tail -20 "$LOGDIR/fuzz.log"; fi
+record "fuzz" "$ok" "$bad"
+fi
+
 echo "== build and install the extension"
 MAKE_INSTALL="make -j2 >/dev/null && make install >/dev/null"
 if [ "$(id -u)" = 0 ]; then
@@ -61,7 +92,7 @@ fi
 if [ $build_rc != 0 ]; then
     tail -30 "$LOGDIR/build.log"
     record "extension build" 0 1
-elif [ "$ONLY" != unit ]; then
+elif [ "$ONLY" != unit ] && [ "$ONLY" != sanitize ] && [ "$ONLY" != fuzz ]; then
     if want regress; then
     echo "== pg_regress"
     as_pg "make installcheck ISOLATION= TAP_TESTS=" >"$LOGDIR/regress.log" 2>&1
