@@ -69,7 +69,7 @@ if ($proxy_pid == 0)
 	POSIX::_exit(0);
 }
 close $listener;
-END { if ($proxy_pid) { kill 'TERM', $proxy_pid; waitpid($proxy_pid, 0); } }
+END { local $?; if ($proxy_pid) { kill 'TERM', $proxy_pid; waitpid($proxy_pid, 0); } }
 
 sub proxy_lines { return -e $proxy_log ? [ split /\n/, slurp_file($proxy_log) ] : []; }
 my $proxy_url = "http://127.0.0.1:$proxy_port";
