@@ -140,7 +140,7 @@ std::optional<int64_t> parse_retry_after(std::string_view v, int64_t now, int64_
 }
 
 int64_t backoff_ms(int attempts, int64_t base_ms, int64_t cap_ms, uint64_t random) {
-    const int exponent = std::clamp(attempts - 1, 0, 30);
+    const int exponent = attempts <= 1 ? 0 : std::min(attempts - 1, 30);
     const int64_t ceiling = std::min(cap_ms, base_ms << exponent);
     const int64_t floor = std::min(base_ms / 2, ceiling);
     return floor + static_cast<int64_t>(random % static_cast<uint64_t>(ceiling - floor + 1));

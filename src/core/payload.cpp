@@ -32,18 +32,27 @@ bool is_integer_token(std::string_view t) {
     return true;
 }
 
-// Normalises the payload in its JSON text: every date-time string value into Bunce's form,
-// an integer customer.customer_id into a string. Working on the text rather than a parsed
-// tree keeps every number exactly as written (120.50 stays 120.50, large integers stay whole).
-// The text must be valid JSON; returns nullopt when nothing changes.
+// A JSON string token (quotes included) as text: escapes decoded when it has any.
+std::string_view token_text(std::string_view token, bool escaped, std::string &decoded) {
+    if (!escaped) return token.substr(1, token.size() - 2);
+    decoded = json::parse(token).get<std::string>();
+    return decoded;
+}
+
+// Normalises the payload in its JSON text: date-time strings into Bunce's form, everywhere
+// but in the customer object and the top-level "email" (identities, not times: a customer_id
+// may look like a date), and an integer customer.customer_id into a string. Working on the text rather than a parsed tree keeps every number exactly as written
+// (120.50 stays 120.50, large integers stay whole). The text must be valid JSON without NUL
+// bytes; returns nullopt when nothing changes. Throws InvalidPayload for a date-time that
+// Bunce's form cannot hold.
 std::optional<std::string> normalise_text(std::string_view t) {
     struct Level {
         bool object;
         bool expect_key;
-        std::string_view key;  // the key of the value being read, in an object
+        std::string key;  // the key of the value being read, in an object
     };
     std::vector<Level> levels;
-    std::string out;
+    std::string out, decoded;
     size_t copied = 0;  // t[0, copied) is in out
     auto replace = [&](size_t from, size_t to, const std::string &with) {
         if (out.empty()) out.reserve(t.size() + 16);
@@ -56,20 +65,26 @@ std::optional<std::string> normalise_text(std::string_view t) {
         if (c == '"') {
             size_t end = i + 1;
             bool escaped = false;
-            while (t[end] != '"') {
+            while (end < t.size() && t[end] != '"') {
                 if (t[end] == '\\') {
                     escaped = true;
                     end++;
                 }
                 end++;
             }
-            const std::string_view text = t.substr(i + 1, end - i - 1);
-            if (!levels.empty() && levels.back().object && levels.back().expect_key) {
-                levels.back().key = text;
-                levels.back().expect_key = false;
-            } else if (!escaped) {  // a date-time needs no escapes
-                if (auto ts = normalise_timestamp(text); ts && *ts != text)
-                    replace(i, end + 1, '"' + *ts + '"');
+            const std::string_view text = token_text(t.substr(i, end + 1 - i), escaped, decoded);
+            Level *level = levels.empty() ? nullptr : &levels.back();
+            if (level && level->object && level->expect_key) {
+                level->key.assign(text);
+                level->expect_key = false;
+            } else if (level && levels[0].object && levels[0].key != "customer" &&
+                       !(levels.size() == 1 && level->key == "email")) {
+                TimestampText ts = classify_timestamp(text);
+                if (ts.kind == TimestampText::out_of_range)
+                    refuse("payload field \"" + levels[0].key + "\" holds a date-time outside the years 0001 to 9999 (UTC)",
+                           "Bunce takes timestamps only as YYYY-MM-DDTHH:MM:SSZ and drops any other form; correct the value.");
+                if (ts.kind == TimestampText::date_time && (escaped || ts.utc != text))
+                    replace(i, end + 1, '"' + ts.utc + '"');
             }
             i = end + 1;
             continue;
@@ -85,8 +100,8 @@ std::optional<std::string> normalise_text(std::string_view t) {
             continue;
         }
         if (c == '{' || c == '[') levels.push_back({c == '{', c == '{', {}});
-        else if (c == '}' || c == ']') levels.pop_back();
-        else if (c == ',' && levels.back().object) levels.back().expect_key = true;
+        else if ((c == '}' || c == ']') && !levels.empty()) levels.pop_back();
+        else if (c == ',' && !levels.empty() && levels.back().object) levels.back().expect_key = true;
         i++;
     }
     if (copied == 0) return std::nullopt;
@@ -191,6 +206,8 @@ void check_fields(const PayloadFields &f) {
 }
 
 PreparedPayload prepare_payload(std::string_view text) {
+    // The parser would stop at a NUL byte and take what came before it for the whole text.
+    if (text.find('\0') != std::string_view::npos) throw InvalidJson("payload is not valid JSON");
     if (json_depth(text, kMaxPayloadDepth) > kMaxPayloadDepth)
         throw LimitExceeded("payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
                             "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");

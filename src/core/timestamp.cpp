@@ -62,58 +62,80 @@ std::optional<std::string> format_utc(int64_t t) {
     return std::string(buf);
 }
 
-std::optional<std::string> normalise_timestamp(std::string_view s) {
+TimestampText classify_timestamp(std::string_view s) {
+    const TimestampText other;
     // Cheap rejection first: this runs on every string value of every payload.
-    if (s.size() < 17 || s.size() > 40 || s[4] != '-' || s[7] != '-') return std::nullopt;
-    int year, month, day, hour, minute, second = 0;
-    if (!digits(s, 0, 4, year) || !digits(s, 5, 2, month) || !digits(s, 8, 2, day))
-        return std::nullopt;
-    if (s[10] != 'T' && s[10] != 't' && s[10] != ' ') return std::nullopt;
-    if (!digits(s, 11, 2, hour) || s[13] != ':' || !digits(s, 14, 2, minute)) return std::nullopt;
+    if (s.size() < 17 || s.size() > 44) return other;
+    // Years past 9999 (PostgreSQL's go to 294276) have more digits: a date-time all the same.
+    size_t y = 0;
+    while (y < s.size() && y < 7 && s[y] >= '0' && s[y] <= '9') y++;
+    if (y < 4 || y > 6 || (y > 4 && s[0] == '0') || y + 13 > s.size() || s[y] != '-' || s[y + 3] != '-')
+        return other;
+    const size_t extra = y - 4;
+    int year = 0, month, day, hour, minute, second = 0;
+    for (size_t i = 0; i < y; i++) year = year * 10 + (s[i] - '0');
+    s.remove_prefix(extra);  // from here on the positions of a four-digit year
+    if (!digits(s, 5, 2, month) || !digits(s, 8, 2, day)) return other;
+    if (s.size() < 17 || (s[10] != 'T' && s[10] != 't' && s[10] != ' ')) return other;
+    if (!digits(s, 11, 2, hour) || s[13] != ':' || !digits(s, 14, 2, minute)) return other;
     size_t pos = 16;
     bool fraction = false;  // a non-zero fractional second (truncated, never rounded)
     if (pos < s.size() && s[pos] == ':') {
-        if (!digits(s, pos + 1, 2, second)) return std::nullopt;
+        if (!digits(s, pos + 1, 2, second)) return other;
         pos += 3;
         if (pos < s.size() && (s[pos] == '.' || s[pos] == ',')) {
             size_t start = ++pos;
             while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') fraction |= s[pos++] != '0';
-            if (pos == start) return std::nullopt;
+            if (pos == start) return other;
         }
     }
-    if (pos >= s.size()) return std::nullopt;  // no offset: local time, meaning unknown
-    int offset = 0;                            // seconds east of UTC
+    if (pos >= s.size()) return other;  // no offset: local time, meaning unknown
+    int offset = 0;                     // seconds east of UTC
     if (s[pos] == 'Z' || s[pos] == 'z') {
         pos++;
     } else if (s[pos] == '+' || s[pos] == '-') {
         const int sign = s[pos] == '+' ? 1 : -1;
-        int oh, om = 0;
-        if (!digits(s, pos + 1, 2, oh)) return std::nullopt;
+        int oh, om = 0, os = 0;
+        if (!digits(s, pos + 1, 2, oh)) return other;
         pos += 3;
         if (pos < s.size() && s[pos] == ':') {
-            if (!digits(s, pos + 1, 2, om)) return std::nullopt;
+            if (!digits(s, pos + 1, 2, om)) return other;
             pos += 3;
+            // Historical zones have offsets in seconds: PostgreSQL writes +00:19:32.
+            if (pos < s.size() && s[pos] == ':') {
+                if (!digits(s, pos + 1, 2, os)) return other;
+                pos += 3;
+            }
         } else if (pos + 2 == s.size()) {
-            if (!digits(s, pos, 2, om)) return std::nullopt;
+            if (!digits(s, pos, 2, om)) return other;
             pos += 2;
         }
-        if (oh > 15 || om > 59) return std::nullopt;
-        offset = sign * (oh * 3600 + om * 60);
+        if (oh > 15 || om > 59 || os > 59) return other;
+        offset = sign * (oh * 3600 + om * 60 + os);
     } else {
-        return std::nullopt;
+        return other;
     }
-    if (pos != s.size()) return std::nullopt;
+    if (pos != s.size()) return other;
 
     if (year < 1 || month < 1 || month > 12 || day < 1 ||
         static_cast<unsigned>(day) > days_in_month(year, static_cast<unsigned>(month)))
-        return std::nullopt;
-    // 24:00:00 is the end of the day (ISO 8601); nothing later than that.
-    if (hour == 24 ? (minute != 0 || second != 0 || fraction) : (hour > 23 || minute > 59 || second > 59))
-        return std::nullopt;
+        return other;
+    // 24:00:00 is the end of the day (ISO 8601); nothing later than that. Second 60 is a leap
+    // second, as PostgreSQL reads it: the first second of the next minute.
+    if (hour == 24 ? (minute != 0 || second != 0 || fraction) : (hour > 23 || minute > 59 || second > 60))
+        return other;
 
     const int64_t t = days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day)) * 86400 +
                       hour * 3600 + minute * 60 + second - offset;
-    return format_utc(t);
+    auto utc = format_utc(t);
+    if (!utc) return {TimestampText::out_of_range, {}};
+    return {TimestampText::date_time, std::move(*utc)};
+}
+
+std::optional<std::string> normalise_timestamp(std::string_view text) {
+    TimestampText t = classify_timestamp(text);
+    if (t.kind != TimestampText::date_time) return std::nullopt;
+    return std::move(t.utc);
 }
 
 }  // namespace bunce

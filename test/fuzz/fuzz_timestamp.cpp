@@ -12,18 +12,22 @@
 
 namespace {
 
+bool digit(char c) { return c >= '0' && c <= '9'; }
+
 int num(std::string_view s, size_t pos, size_t n) {
     int v = 0;
     for (size_t i = pos; i < pos + n; i++) v = v * 10 + (s[i] - '0');
     return v;
 }
 
-bool digit(char c) { return c >= '0' && c <= '9'; }
-
-// The instant of a date-time in the fixed positions YYYY-MM-DD?HH:MM[:SS], timegm's way.
+// The instant of a date-time YYYY[YY]-MM-DD?HH:MM[:SS] (years past 9999 have more digits),
+// timegm's way.
 int64_t instant(std::string_view s, bool with_seconds) {
+    size_t y = 0;
+    while (digit(s[y])) y++;
     struct tm tm = {};
-    tm.tm_year = num(s, 0, 4) - 1900;
+    tm.tm_year = num(s, 0, y) - 1900;
+    s.remove_prefix(y - 4);
     tm.tm_mon = num(s, 5, 2) - 1;
     tm.tm_mday = num(s, 8, 2);
     tm.tm_hour = num(s, 11, 2);
@@ -69,19 +73,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(bunce::normalise_timestamp(o) == out, "normalising is not idempotent");
 
     // The same instant, fractional seconds truncated. The offset is at the end: Z, ±HH,
-    // ±HHMM or ±HH:MM.
-    const bool with_seconds = in.size() > 16 && in[16] == ':';
+    // ±HHMM, ±HH:MM or ±HH:MM:SS.
+    size_t year_digits = 0;
+    while (digit(in[year_digits])) year_digits++;
+    const size_t shift = year_digits - 4;
+    const bool with_seconds = in.size() > 16 + shift && in[16 + shift] == ':';
     int64_t offset = 0;
     const char last = in.back();
     if (last != 'Z' && last != 'z') {
         const size_t sign = in.find_last_of("+-");
-        FUZZ_CHECK(sign != in.npos && sign >= 16, "accepted without an offset");
+        FUZZ_CHECK(sign != in.npos && sign >= 16 + shift, "accepted without an offset");
         const std::string_view off = in.substr(sign + 1);
-        int hh = num(off, 0, 2), mm = 0;
-        if (off.size() == 5) mm = num(off, 3, 2);
+        int hh = num(off, 0, 2), mm = 0, ss = 0;
+        if (off.size() == 8) mm = num(off, 3, 2), ss = num(off, 6, 2);
+        else if (off.size() == 5) mm = num(off, 3, 2);
         else if (off.size() == 4) mm = num(off, 2, 2);
         else FUZZ_CHECK(off.size() == 2, "odd offset accepted");
-        offset = (in[sign] == '+' ? 1 : -1) * (hh * 3600 + mm * 60);
+        offset = (in[sign] == '+' ? 1 : -1) * (hh * 3600 + mm * 60 + ss);
     }
     const int64_t want = instant(in, with_seconds) - offset;
     FUZZ_CHECK(instant(o, true) == want, "normalised timestamp is a different instant");

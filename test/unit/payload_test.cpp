@@ -137,7 +137,46 @@ TEST(PreparePayload, NormalisesNestedObjectsAndArrays) {
             "items": [{"when": "2024-05-01T11:00:00Z", "qty": 2}, "x", 3,
                       "2025-01-01T00:30:00Z", ["2024-02-29T23:00:00Z"]],
             "meta": {"deep": {"t": "2024-05-01T10:00:00Z", "keep": "2024-05-01T10:00:00Z"}},
-            "customer": {"customer_id": "42", "signed_up": "2024-05-01T04:15:00Z"}})");
+            "customer": {"customer_id": "42", "signed_up": "2024-05-01T10:00+05:45"}})");
+}
+
+// The customer's fields are identities: never rewritten, even when they look like a time.
+// Escaped strings and keys are read as what they say.
+TEST(PreparePayload, IdentitiesAreDataAndEscapesAreRead) {
+    const std::string customer =
+        R"({"customer_id": "2024-05-01 10:00:00+02", "email": "ada@example.com", "phone_no": "2024-05-01T10:00:00+02:00", )"
+        R"("first_name": "2024-05-01T10:00Z", "devices": [{"device_type": "ios", "device_token": "2024-05-01T10:00:00+02:00"}]})";
+    auto p = prepare_payload(R"({"customer": )" + customer + R"(, "at": "2024-05-01T10:00:00+02:00"})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, R"({"customer": )" + customer + R"(, "at": "2024-05-01T08:00:00Z"})");
+
+    p = prepare_payload(R"({"email": "ada@example.com", "t": "2012-09-03T16:30:00+02:00"})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, R"({"email": "ada@example.com", "t": "2012-09-03T14:30:00Z"})");
+    p = prepare_payload(R"({"customer": {"customer_id": 42}})");
+    EXPECT_TRUE(p.changed);
+    EXPECT_EQ(p.json, R"({"customer": {"customer_id": "42"}})");
+}
+
+// A date-time that Bunce's form cannot hold would be dropped by Bunce: it is refused.
+TEST(PreparePayload, DateTimeOutOfRangeIsRefused) {
+    EXPECT_THROW(prepare_payload(R"({"email": "ada@example.com", "at": "10000-01-01T00:00:00+00:00"})"),
+                 InvalidPayload);
+    EXPECT_THROW(prepare_payload(R"({"email": "ada@example.com", "x": ["0001-01-01T00:30:00+01:00"]})"),
+                 InvalidPayload);
+    try {
+        prepare_payload(R"({"email": "ada@example.com", "shipped": "586554-01-18T00:00:00+00:00"})");
+    } catch (const InvalidPayload &e) {
+        EXPECT_NE(std::string(e.what()).find("\"shipped\""), std::string::npos) << e.what();
+    }
+    // text that is no date-time is left alone
+    EXPECT_FALSE(prepare_payload(R"({"email": "ada@example.com", "code": "10000-01-01"})").changed);
+}
+
+TEST(PreparePayload, NulByteIsNotJson) {
+    using namespace std::string_literals;
+    EXPECT_THROW(prepare_payload("{\"email\":\"a@b.co\"}\0\""s), InvalidJson);
+    EXPECT_THROW(prepare_payload("{\"email\":\"a@b.co\"}\0,"s), InvalidJson);
 }
 
 TEST(PreparePayload, NumericIdAndTimestampTogether) {

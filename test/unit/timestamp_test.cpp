@@ -278,9 +278,8 @@ TEST(NormaliseTimestamp, ImpossibleFields) {
         {"2024-04-31T10:00:00Z", nullptr},
         {"2024-05-01T25:00:00Z", nullptr},
         {"2024-05-01T10:60:00Z", nullptr},
-        {"2024-05-01T10:00:60Z", nullptr},
+        {"2024-05-01T10:00:61Z", nullptr},
         {"2024-05-01T10:00:99Z", nullptr},
-        {"2024-05-01T23:59:60Z", nullptr},
         {"2024-05-01T10:00:00+16:00", nullptr},
         {"2024-05-01T10:00:00-16:00", nullptr},
         {"2024-05-01T10:00:00+1600", nullptr},
@@ -298,7 +297,9 @@ TEST(NormaliseTimestamp, TrailingCharacters) {
         {"2024-05-01T10:00:00ZZ", nullptr},
         {"2024-05-01T10:00:00+02:00x", nullptr},
         {"2024-05-01T10:00:00+02:00Z", nullptr},
-        {"2024-05-01T10:00:00+02:00:00", nullptr},
+        {"2024-05-01T10:00:00+02:00:00x", nullptr},
+        {"2024-05-01T10:00:00+02:00:0", nullptr},
+        {"2024-05-01T10:00:00+02:00:60", nullptr},
         {"2024-05-01T10:00:00+02:001", nullptr},
         {"2024-05-01T10:00:00+05450", nullptr},
         {"2024-05-01T10:00:00+02 ", nullptr},
@@ -381,4 +382,31 @@ TEST(NormaliseTimestamp, RandomOffsetsAgreeWithArithmetic) {
         const std::string text = local_text + suffix;
         ASSERT_EQ(normalise_timestamp(text), format_utc(utc)) << text;
     }
+}
+
+// PostgreSQL's own JSON of a timestamptz in a zone with a historical offset in seconds
+// (TimeZone = Europe/Amsterdam before 1937), and leap seconds as PostgreSQL reads them.
+TEST(NormaliseTimestamp, OffsetsInSecondsAndLeapSeconds) {
+    expect_cases({
+        {"1900-06-01T12:19:32+00:19:32", "1900-06-01T12:00:00Z"},
+        {"1900-06-01T12:19:32.5+00:19:32", "1900-06-01T12:00:00Z"},
+        {"1900-06-01T00:00:00-00:19:32", "1900-06-01T00:19:32Z"},
+        {"2016-12-31T23:59:60Z", "2017-01-01T00:00:00Z"},
+        {"2016-12-31T23:59:60.999+00:00", "2017-01-01T00:00:00Z"},
+        {"2024-05-01T10:00:60+02:00", "2024-05-01T08:01:00Z"},
+    });
+}
+
+// A date-time that Bunce's form cannot hold is told apart from text that is no date-time.
+TEST(ClassifyTimestamp, OutOfRangeIsNotOther) {
+    using bunce::classify_timestamp;
+    using bunce::TimestampText;
+    for (const char *s : {"10000-01-01T00:00:00+00:00", "294276-12-31T23:59:59Z",
+                          "0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00",
+                          "586554-01-18T00:00:00+00:00"})
+        EXPECT_EQ(classify_timestamp(s).kind, TimestampText::out_of_range) << s;
+    for (const char *s : {"1000000-01-01T00:00:00Z", "10000-01-01", "10000-01-01T00:00:00",
+                          "abc", "2024-05-01T10:00:00", "12024-13-01T00:00:00Z"})
+        EXPECT_EQ(classify_timestamp(s).kind, TimestampText::other) << s;
+    EXPECT_EQ(classify_timestamp("2024-05-01T10:00:00+02").utc, "2024-05-01T08:00:00Z");
 }
