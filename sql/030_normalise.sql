@@ -108,4 +108,29 @@ SELECT payload, jsonb_typeof(payload -> 'i') AS i, jsonb_typeof(payload -> 'f') 
        jsonb_typeof(payload -> 'big') AS big, jsonb_typeof(payload -> 's') AS s
 FROM bunce.outbox ORDER BY id DESC LIMIT 1;
 
+-- The customer's fields are identities, not times: never rewritten, however they look.
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+    '{"customer": {"customer_id": "2024-05-01 10:00:00+02", "phone_no": "2024-05-01T10:00:00+02:00",
+                   "first_name": "2024-05-01T10:00Z", "email": "ada@example.com",
+                   "devices": [{"device_type": "ios", "device_token": "2024-05-01T10:00:00+02:00"}]},
+      "at": "2024-05-01 10:00:00+02"}') > 0 AS enqueued;
+SELECT payload FROM bunce.outbox ORDER BY id DESC LIMIT 1;
+
+-- PostgreSQL's own JSON of any timestamptz is normalised: historical offsets in seconds
+-- (Amsterdam before 1937), and a leap second read as the next minute's first.
+SET TimeZone = 'Europe/Amsterdam';
+SELECT to_jsonb('1900-06-01 12:00:00+00'::timestamptz) AS postgres_json;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+    jsonb_build_object('email', 'ada@example.com', 'at', '1900-06-01 12:00:00+00'::timestamptz,
+                       'leap', '2016-12-31T23:59:60Z')) > 0 AS enqueued;
+SELECT payload FROM bunce.outbox ORDER BY id DESC LIMIT 1;
+RESET TimeZone;
+
+-- A date-time Bunce's form cannot hold (past year 9999, before year 1 in UTC) is refused,
+-- naming the field: Bunce would drop it.
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+    jsonb_build_object('email', 'ada@example.com', 'shipped', '10000-01-01 00:00:00+00'::timestamptz));
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+    '{"email": "ada@example.com", "when": ["0001-01-01T00:30:00+01:00"]}');
+
 DROP EXTENSION bunce;

@@ -36,9 +36,25 @@ INSERT INTO typed (id, email, tz, ts, d, dom_ts) VALUES
 SET TimeZone = 'Europe/Berlin';
 INSERT INTO typed (id, email, tz, ts, d) VALUES
     (2, 'ada@example.com', '2024-05-01 10:00:00+02', '2024-05-01 22:30:00', '2024-05-01'),
-    (3, 'ada@example.com', '2024-01-01 00:30:00', '2024-01-01 00:30:00', '2024-12-31'),
-    (4, 'ada@example.com', 'infinity', '-infinity', 'infinity');
+    (3, 'ada@example.com', '2024-01-01 00:30:00', '2024-01-01 00:30:00', '2024-12-31');
 SELECT payload - 'email' AS payload FROM bunce.outbox ORDER BY id;
+-- What Bunce's form cannot express is refused, naming the field and the column (Bunce would
+-- drop it): infinity, and years past 9999 (a date this far out would overflow if turned
+-- into microseconds). With bunce.on_invalid = dead_letter it is kept, in PostgreSQL's text.
+INSERT INTO typed (id, email, tz) VALUES (4, 'ada@example.com', 'infinity');
+INSERT INTO typed (id, email, ts) VALUES (5, 'ada@example.com', '-infinity');
+INSERT INTO typed (id, email, d) VALUES (6, 'ada@example.com', '586554-01-18');
+INSERT INTO typed (id, email, tz) VALUES (7, 'ada@example.com', '10000-01-01 00:00:00+00');
+INSERT INTO typed (id, email, t) VALUES (8, 'ada@example.com', '10000-01-01 00:00:00+00');
+INSERT INTO typed (id, email, tz) VALUES (9, 'ada@example.com', '0001-01-01 00:30:00+01');
+SET bunce.on_invalid = dead_letter;
+INSERT INTO typed (id, email, d) VALUES (20, 'ada@example.com', '586554-01-18');
+RESET bunce.on_invalid;
+-- as is a number beyond double precision, which Bunce could not read (bunce_trigger() refuses
+-- it the same way)
+INSERT INTO typed (id, email, n) VALUES (21, 'ada@example.com', 1e400);
+SELECT payload - 'email' AS payload, reason FROM bunce.dead_letters;
+DELETE FROM bunce.dead_letters;
 -- the same values through PostgreSQL's casts, for comparison
 SELECT '2024-05-01 22:30:00'::timestamp::timestamptz AT TIME ZONE 'UTC' AS berlin_ts_in_utc;
 RESET TimeZone;

@@ -1,6 +1,7 @@
 // Everything that happens inside the user's transaction: bunce_trigger(event_id, payload),
 // the generic trigger bunce_trigger(event_id [, mapping]), and the outbox insert they share.
 // No network, no extra locks: one validation pass and one insert per event.
+#include <cmath>
 #include <cstring>
 
 #include "guard.hpp"
@@ -587,6 +588,7 @@ enum ValueKind { KIND_TEXT, KIND_BOOL, KIND_INT, KIND_NUMBER, KIND_TIMESTAMPTZ, 
 
 struct Column {
     AttrNumber attnum;
+    char *name;
     ValueKind kind;
     FmgrInfo output;
 };
@@ -600,6 +602,7 @@ struct LayoutItem {
     char *key;
     int column;  // index into TriggerSetup.columns (fields only)
     Role role;
+    bool identity;  // in the customer object, or the top-level email: text is never rewritten
 };
 
 struct TriggerSetup {
@@ -675,6 +678,7 @@ void add_column(TriggerSetup *s, Relation rel, AttrNumber attnum, int index) {
     Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
     Column *c = &s->columns[index];
     c->attnum = attnum;
+    c->name = MemoryContextStrdup(s->cxt, NameStr(att->attname));
     c->kind = kind_of(att->atttypid);
     Oid out;
     bool varlena;
@@ -692,6 +696,7 @@ void assign_roles(TriggerSetup *s) {
     for (int i = 0; i < s->nitems; i++) {
         LayoutItem *item = &s->items[i];
         item->role = ROLE_NONE;
+        item->identity = in_customer;
         if (item->kind == bunce::MappingItem::end_object) {
             if (--depth == 0) in_customer = false;
             continue;
@@ -700,7 +705,9 @@ void assign_roles(TriggerSetup *s) {
         if (item->kind == bunce::MappingItem::begin_object) {
             if (top && strcmp(item->key, "customer") == 0) {
                 item->role = ROLE_CUSTOMER;
-                in_customer = true;
+                item->identity = in_customer = true;
+            } else if (in_customer) {
+                typed = false;  // an object inside customer (devices, a name...): check its shape
             }
             depth++;
             continue;
@@ -709,6 +716,7 @@ void assign_roles(TriggerSetup *s) {
         if (kind == KIND_JSON || kind == KIND_JSONB) typed = false;
         if (top && strcmp(item->key, "email") == 0) {
             item->role = ROLE_EMAIL;
+            item->identity = true;
             typed &= kind == KIND_TEXT;
         } else if (top && strcmp(item->key, "customer") == 0) {
             typed = false;  // a column as the whole customer: check what it holds
@@ -831,43 +839,69 @@ TriggerSetup *trigger_setup(TriggerData *td) {
     return s;
 }
 
+// Why a column's value cannot be sent as it is (a static string), or nullptr. The value is
+// still written, in PostgreSQL's text form, so that a dead letter keeps it.
+using Problem = const char *;
+constexpr Problem kOutOfRange =
+    "holds a date-time that Bunce's form YYYY-MM-DDTHH:MM:SSZ cannot express (a year outside 0001 to 9999, or infinity)";
+constexpr Problem kTooLarge = "holds a number too large for Bunce (beyond double precision)";
+
 // Appends a timestamp (microseconds since 2000-01-01 UTC) in Bunce's form, truncating
-// fractional seconds; values outside years 1..9999 fall back to PostgreSQL's text form.
-void append_utc(StringInfo buf, TimestampTz ts, Column *c, Datum d) {
+// fractional seconds.
+Problem append_utc(StringInfo buf, TimestampTz ts, Column *c, Datum d) {
     struct pg_tm tm;
     fsec_t fsec;
     if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, nullptr, &tm, &fsec, nullptr, nullptr) != 0 ||
         tm.tm_year < 1 || tm.tm_year > 9999) {
         escape_json(buf, OutputFunctionCall(&c->output, d));
-        return;
+        return kOutOfRange;
     }
     appendStringInfo(buf, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year, tm.tm_mon, tm.tm_mday,
                      tm.tm_hour, tm.tm_min, tm.tm_sec);
+    return nullptr;
+}
+
+// A date: midnight UTC of that day, so that it stays the same date in Bunce. Its year is
+// read from the day number, which a multiplication into microseconds could overflow.
+Problem append_date(StringInfo buf, DateADT date, Column *c, Datum d) {
+    int year = 0, month, day;
+    if (!DATE_NOT_FINITE(date)) j2date(date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
+    if (year < 1 || year > 9999) {
+        escape_json(buf, OutputFunctionCall(&c->output, d));
+        return kOutOfRange;
+    }
+    appendStringInfo(buf, "\"%04d-%02d-%02dT00:00:00Z\"", year, month, day);
+    return nullptr;
 }
 
 // Text that is a date-time with an offset is normalised like any payload string.
-void append_text(StringInfo buf, const char *text) {
+Problem append_text(StringInfo buf, const char *text) {
     const size_t len = strlen(text);
-    if (len >= 17 && len <= 40 && text[4] == '-' && text[7] == '-') {
-        char normalised[32] = "";
+    if (len >= 17 && len <= 44 && isdigit(static_cast<unsigned char>(text[0]))) {
+        bunce::TimestampText ts;
         CoreError err;
-        if (guarded(err, [&] {
-                if (auto ts = bunce::normalise_timestamp(text)) strlcpy(normalised, ts->c_str(), sizeof normalised);
-            }) && normalised[0]) {
-            escape_json(buf, normalised);
-            return;
+        if (guarded(err, [&] { ts = bunce::classify_timestamp(text); })) {
+            if (ts.kind == bunce::TimestampText::date_time) {
+                escape_json(buf, ts.utc.c_str());
+                return nullptr;
+            }
+            if (ts.kind == bunce::TimestampText::out_of_range) {
+                escape_json(buf, text);
+                return kOutOfRange;
+            }
         }
     }
     escape_json(buf, text);
+    return nullptr;
 }
 
-// Appends a column's value; returns its text when the item has a role (else nullptr).
-const char *append_value(StringInfo buf, Column *c, Datum d, Role role) {
-    if (role != ROLE_NONE && (c->kind == KIND_TEXT || c->kind == KIND_INT)) {
+// Appends a column's value. *text is set to its text when the item has a role.
+Problem append_value(StringInfo buf, Column *c, Datum d, const LayoutItem *item, const char **text) {
+    if (item->role != ROLE_NONE && (c->kind == KIND_TEXT || c->kind == KIND_INT)) {
         // Emails and ids are strings to Bunce (an integer customer_id becomes one).
-        char *text = OutputFunctionCall(&c->output, d);
-        append_text(buf, text);
-        return text;
+        *text = OutputFunctionCall(&c->output, d);
+        escape_json(buf, *text);
+        return nullptr;
     }
     switch (c->kind) {
         case KIND_BOOL:
@@ -879,26 +913,25 @@ const char *append_value(StringInfo buf, Column *c, Datum d, Role role) {
         case KIND_NUMBER: {
             char *s = OutputFunctionCall(&c->output, d);
             // NaN and infinities have no JSON number form.
-            if (isdigit(static_cast<unsigned char>(s[s[0] == '-'])))
-                appendStringInfoString(buf, s);
-            else
+            if (!isdigit(static_cast<unsigned char>(s[s[0] == '-']))) {
                 escape_json(buf, s);
+                break;
+            }
+            appendStringInfoString(buf, s);
+            // numeric goes far beyond double precision, which is what Bunce reads
+            if (strlen(s) > 300 && std::isinf(strtod(s, nullptr))) return kTooLarge;
             break;
         }
         case KIND_TIMESTAMPTZ:
-            append_utc(buf, DatumGetTimestampTz(d), c, d);
-            break;
-        case KIND_TIMESTAMP:
+            return append_utc(buf, DatumGetTimestampTz(d), c, d);
+        case KIND_TIMESTAMP: {
             // As PostgreSQL's own cast to timestamptz: the value is local time in TimeZone.
-            append_utc(buf, DatumGetTimestampTz(DirectFunctionCall1(timestamp_timestamptz, d)), c, d);
-            break;
-        case KIND_DATE: {
-            // Midnight UTC of that day: a date stays the same date in Bunce.
-            DateADT date = DatumGetDateADT(d);
-            if (DATE_NOT_FINITE(date)) escape_json(buf, OutputFunctionCall(&c->output, d));
-            else append_utc(buf, static_cast<TimestampTz>(date) * USECS_PER_DAY, c, d);
-            break;
+            int overflow = 0;
+            const TimestampTz ts = timestamp2timestamptz_opt_overflow(DatumGetTimestamp(d), &overflow);
+            return append_utc(buf, overflow ? DT_NOEND : ts, c, d);
         }
+        case KIND_DATE:
+            return append_date(buf, DatumGetDateADT(d), c, d);
         case KIND_JSON:
             appendStringInfoString(buf, OutputFunctionCall(&c->output, d));
             break;
@@ -907,17 +940,25 @@ const char *append_value(StringInfo buf, Column *c, Datum d, Role role) {
             JsonbToCString(buf, &jb->root, VARSIZE(jb));
             break;
         }
-        case KIND_TEXT:
-            append_text(buf, OutputFunctionCall(&c->output, d));
-            break;
+        case KIND_TEXT: {
+            const char *value = OutputFunctionCall(&c->output, d);
+            if (item->identity) {
+                escape_json(buf, value);
+                break;
+            }
+            return append_text(buf, value);
+        }
     }
     return nullptr;
 }
 
 // The payload of one row as JSON text; NULL columns are left out. Fills in the fields
-// Bunce's rules are about.
-void row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot, bunce::PayloadFields *fields) {
+// Bunce's rules are about. Returns the first item whose value cannot be sent (its problem in
+// *problem), or nullptr.
+const LayoutItem *row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot,
+                              bunce::PayloadFields *fields, Problem *problem) {
     *fields = bunce::PayloadFields();
+    const LayoutItem *bad = nullptr;
     resetStringInfo(buf);
     appendStringInfoChar(buf, '{');
     bool first = true;
@@ -943,22 +984,34 @@ void row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot, bunce::P
             first = true;
             continue;
         }
-        const char *text = append_value(buf, &s->columns[item->column], d, item->role);
+        const char *text = nullptr;
+        if (Problem p = append_value(buf, &s->columns[item->column], d, item, &text); p && !bad) {
+            bad = item;
+            *problem = p;
+        }
         if (item->role == ROLE_EMAIL) fields->email = text;
         else if (item->role == ROLE_CUSTOMER_ID) fields->customer_id = text;
         else if (item->role == ROLE_CUSTOMER_EMAIL) fields->customer_email = text;
         first = false;
     }
     appendStringInfoChar(buf, '}');
+    return bad;
 }
 
 void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringInfo buf,
                  const char *context) {
     bunce::PayloadFields fields;
-    row_payload(buf, s, slot, &fields);
+    Problem problem = nullptr;
+    const LayoutItem *bad = row_payload(buf, s, slot, &fields, &problem);
     CoreError err;
     Datum payload = 0;
-    if (!s->typed_check)
+    if (bad) {
+        err.failed = true;
+        err.sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
+        snprintf(err.message, sizeof err.message, "payload field \"%s\" (column \"%s\") %s", bad->key,
+                 s->columns[bad->column].name, problem);
+        strlcpy(err.hint, "Correct the value, or leave it out of the mapping.", sizeof err.hint);
+    } else if (!s->typed_check)
         payload = prepare(buf->data, 0, err);
     else if (guarded(err, [&] { bunce::check_fields(fields); }))
         payload = DirectFunctionCall1(jsonb_in, CStringGetDatum(buf->data));
