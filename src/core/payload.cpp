@@ -1,5 +1,8 @@
 #include "payload.hpp"
 
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -74,6 +77,10 @@ std::optional<std::string> normalise_text(std::string_view t) {
             }
             const std::string_view text = token_text(t.substr(i, end + 1 - i), escaped, decoded);
             Level *level = levels.empty() ? nullptr : &levels.back();
+            if (text.find('\0') != std::string_view::npos)  // escaped as \u0000
+                refuse("payload field \"" + (levels.empty() ? std::string() : levels[0].key) +
+                           "\" holds a NUL character (\\u0000), which PostgreSQL cannot store",
+                       "Remove the NUL character from the value.");
             if (level && level->object && level->expect_key) {
                 level->key.assign(text);
                 level->expect_key = false;
@@ -93,9 +100,17 @@ std::optional<std::string> normalise_text(std::string_view t) {
             size_t end = i;
             while (end < t.size() && std::strchr("+-.0123456789eE", t[end])) end++;
             const std::string_view number = t.substr(i, end - i);
+            if ((number.size() > 300 || number.find_first_of("eE") != number.npos) && std::isinf(std::strtod(std::string(number).c_str(), nullptr)))
+                refuse("payload field \"" + (levels.empty() ? std::string() : levels[0].key) +
+                           "\" holds a number too large for Bunce",
+                       "Numbers must fit in double precision (about 1.8e308); send larger ones as strings.");
             if (levels.size() == 2 && levels[0].key == "customer" && levels[1].object &&
-                levels[1].key == "customer_id" && is_integer_token(number))
+                levels[1].key == "customer_id") {
+                if (!is_integer_token(number))
+                    refuse("payload field \"customer.customer_id\" must be a string or an integer",
+                           "Pass the customer id as text, for example \"42\".");
                 replace(i, end, '"' + std::string(number) + '"');
+            }
             i = end;
             continue;
         }
@@ -132,7 +147,8 @@ void check_optional_string(const json &customer, const char *key) {
                "Bunce expects first_name, last_name and phone_no as strings.");
 }
 
-// An integer customer_id is accepted: normalise_text makes it a string.
+// An integer customer_id is accepted: normalise_text makes it a string (and refuses one that
+// is not an integer).
 void check_customer(const json &customer) {
     if (!customer.is_object())
         refuse("payload field \"customer\" must be a JSON object",
@@ -140,7 +156,7 @@ void check_customer(const json &customer) {
     bool has_id = false;
     auto id = customer.find("customer_id");
     if (id != customer.end() && !id->is_null()) {
-        if (id->is_number_integer()) {
+        if (id->is_number()) {  // an integer of any length is made a string; others refused there
             has_id = true;
         } else if (!id->is_string()) {
             refuse("payload field \"customer.customer_id\" must be a string",
@@ -176,6 +192,31 @@ void check_customer(const json &customer) {
     }
 }
 
+// The next code point of well-formed UTF-8 at e[i] (advancing i), or 0 if it is not.
+uint32_t utf8_next(std::string_view e, size_t &i) {
+    const unsigned char c = static_cast<unsigned char>(e[i]);
+    const int n = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 0;
+    if (n == 0 || i + n > e.size()) return 0;
+    uint32_t cp = c & (0x7F >> n);
+    for (int k = 1; k < n; k++) {
+        const unsigned char cc = static_cast<unsigned char>(e[i + k]);
+        if ((cc & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (cc & 0x3F);
+    }
+    static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    i += n;
+    return cp;
+}
+
+// Unicode's white space (Zs, line and paragraph separators, NEL) and the invisible format
+// characters that make two addresses look alike.
+bool is_unicode_space(uint32_t cp) {
+    return cp == 0x85 || cp == 0xA0 || cp == 0xAD || cp == 0x1680 || cp == 0x180E ||
+           (cp >= 0x2000 && cp <= 0x200F) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+           cp == 0x205F || cp == 0x2060 || cp == 0x3000 || cp == 0xFEFF || (cp >= 0x80 && cp < 0xA0);
+}
+
 }  // namespace
 
 bool is_valid_email(std::string_view e) {
@@ -187,10 +228,20 @@ bool is_valid_email(std::string_view e) {
     const auto dot = domain.rfind('.');
     if (dot == std::string_view::npos || dot == 0 || dot + 1 >= domain.size()) return false;
     if (domain.front() == '-' || domain.find("..") != domain.npos) return false;
-    for (unsigned char c : e)
-        if (c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' ||
-            c == ';' || c == '\\' || c == '"')
-            return false;
+    for (size_t i = 0; i < e.size();) {
+        const unsigned char c = static_cast<unsigned char>(e[i]);
+        if (c < 0x80) {
+            if (c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' ||
+                c == ';' || c == '\\' || c == '"')
+                return false;
+            i++;
+            continue;
+        }
+        // Beyond ASCII (internationalised addresses): well-formed UTF-8, and no space or
+        // invisible character of Unicode's, which Bunce refuses.
+        const uint32_t cp = utf8_next(e, i);
+        if (cp == 0 || is_unicode_space(cp)) return false;
+    }
     return true;
 }
 
@@ -215,6 +266,7 @@ PreparedPayload prepare_payload(std::string_view text) {
     try {
         payload = json::parse(text);
     } catch (const json::out_of_range &) {  // valid JSON, but a number beyond double precision
+        normalise_text(text);  // names the field
         refuse("payload holds a number too large for Bunce",
                "Numbers must fit in double precision (about 1.8e308); send larger ones as strings.");
     } catch (const json::exception &) {

@@ -26,6 +26,7 @@ extern "C" {
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "tcop/utility.h"
@@ -444,11 +445,14 @@ Datum prepare(const char *text, Datum original, CoreError &err) {
     if (original != static_cast<Datum>(0) && size > static_cast<size_t>(max_payload_size) + 2 &&
         !within_size_limit(size, err))
         return static_cast<Datum>(0);
+    // The core reads UTF-8, as Bunce does; the database may hold another encoding.
+    const bool convert = GetDatabaseEncoding() != PG_UTF8;
+    const char *utf8 = convert ? pg_server_to_any(text, static_cast<int>(size), PG_UTF8) : text;
     bool changed = false;
     char *normalised = nullptr;
     size_t normalised_size = 0;
     if (!guarded(err, [&] {
-            bunce::PreparedPayload p = bunce::prepare_payload(text);
+            bunce::PreparedPayload p = bunce::prepare_payload(utf8);
             changed = p.changed;
             if (changed) normalised = pstrdup_nothrow(p.json.data(), p.json.size());
             normalised_size = p.json.size();
@@ -458,6 +462,7 @@ Datum prepare(const char *text, Datum original, CoreError &err) {
         if (!within_size_limit(changed ? normalised_size : size, err)) return static_cast<Datum>(0);
         if (!changed) return original;
     }
+    if (changed && convert) normalised = pg_any_to_server(normalised, static_cast<int>(normalised_size), PG_UTF8);
     return DirectFunctionCall1(jsonb_in, CStringGetDatum(changed ? normalised : text));
 }
 
@@ -735,7 +740,9 @@ void assign_roles(TriggerSetup *s) {
             }
         }
     }
-    s->typed_check = typed;
+    // The typed check reads emails and ids as UTF-8: in another encoding, the full check runs
+    // on the payload converted.
+    s->typed_check = typed && GetDatabaseEncoding() == PG_UTF8;
 }
 
 TriggerSetup *trigger_setup(TriggerData *td) {

@@ -22,6 +22,7 @@ extern "C" {
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -470,6 +471,9 @@ int claim(int limit, int *oversize) {
         MemoryContext old = MemoryContextSwitchTo(row_cxt);
         Jsonb *jb = DatumGetJsonbP(SPI_getbinval(t, d, 4, &isnull));
         char *payload = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+        // JSON on the wire is UTF-8, whatever the database's encoding.
+        if (GetDatabaseEncoding() != PG_UTF8)
+            payload = pg_server_to_any(payload, static_cast<int>(strlen(payload)), PG_UTF8);
         MemoryContextSwitchTo(old);
         const size_t size = strlen(payload);
         if (size > static_cast<size_t>(max_payload_size)) {

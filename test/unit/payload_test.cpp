@@ -454,3 +454,35 @@ TEST(PreparePayload, DeepNestingIsALimitNotACrash) {
     // brackets inside strings are text, not nesting
     EXPECT_NO_THROW(prepare_payload(R"({"email":"ada@example.com","x":")" + std::string(1000, '[') + "\"}"));
 }
+
+// Bunce refuses addresses with Unicode white space or invisible characters; so does bunce.
+TEST(IsValidEmail, UnicodeSpacesAndBrokenUtf8AreRefused) {
+    for (const char *e : {"ada\u00a0@example.com", "ada@exa\u2028mple.com", "ada\u3000@example.com",
+                          "ada@example.com\u200b", "\ufeffada@example.com", "ada\u2009x@example.com",
+                          "ada\u0085@example.com", "ada\xc3@example.com", "ada\xed\xa0\x80@example.com",
+                          "ada\xc0\xaf@example.com"})
+        EXPECT_FALSE(is_valid_email(e)) << e;
+    for (const char *e : {"jos\u00e9@example.com", "ada@b\u00fccher.example", "\u7528\u6237@example.com"})
+        EXPECT_TRUE(is_valid_email(e)) << e;
+}
+
+// Refusals name the field, and never quote a value.
+TEST(PreparePayload, RefusalsNameTheField) {
+    auto message = [](const std::string &json) {
+        try {
+            prepare_payload(json);
+        } catch (const std::exception &e) {
+            return std::string(e.what());
+        }
+        return std::string("accepted");
+    };
+    EXPECT_EQ(message(R"({"email": "ada@example.com", "deep": {"n": 1e400}})"),
+              "payload field \"deep\" holds a number too large for Bunce");
+    EXPECT_EQ(message(R"({"email": "ada@example.com", "note": "a\u0000b"})"),
+              "payload field \"note\" holds a NUL character (\\u0000), which PostgreSQL cannot store");
+    EXPECT_EQ(message(R"({"customer": {"customer_id": 1.5}})"),
+              "payload field \"customer.customer_id\" must be a string or an integer");
+    EXPECT_EQ(message(R"({"customer": {"customer_id": 123456789012345678901234567890}})"), "accepted");
+    EXPECT_EQ(prepare_payload(R"({"customer": {"customer_id": 123456789012345678901234567890}})").json,
+              R"({"customer": {"customer_id": "123456789012345678901234567890"}})");
+}
