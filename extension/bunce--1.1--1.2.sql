@@ -1,6 +1,7 @@
 -- bunce 1.1 -> 1.2: hardening. bunce.notify_enqueued is for bunce's own functions only; a
 -- bunce_admin role that someone else made is not trusted silently; the API key is removed
--- from per-database and per-role settings, where every role could read it.
+-- from per-database and per-role settings, where every role could read it. Dead letters keep
+-- Bunce's answer and say what to do about them.
 \echo Use "ALTER EXTENSION bunce UPDATE TO '1.2'" to load this file. \quit
 
 -- Called by bunce.retry_dead_letters (SECURITY DEFINER); anyone else could skew the counters.
@@ -59,3 +60,20 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Bunce's answer body (bounded: 2000 characters), which may say more than its "message";
+-- and what an operator should do about each dead letter.
+ALTER TABLE bunce.dead_letters ADD COLUMN response text;
+ALTER TABLE bunce.dead_letters ADD COLUMN advice text GENERATED ALWAYS AS (
+    CASE
+        WHEN reason = 'invalid' THEN
+            'refused before it was sent (see message): fix the data, then enqueue it again with bunce_trigger(event_id, payload)'
+        WHEN reason = 'rejected' AND http_status = 404 THEN
+            'Bunce does not know this event id (a live key with a test event, or the reverse?): fix the event or the key, then bunce.retry_dead_letters(ARRAY[id])'
+        WHEN reason = 'rejected' THEN
+            'Bunce refused this payload (see message and response): fix the data or the event''s parameters in Bunce, then bunce.retry_dead_letters(ARRAY[id])'
+        ELSE
+            'Bunce could not be reached or kept failing (see message): once bunce.status shows deliveries again, bunce.retry_dead_letters(ARRAY[id])'
+    END) STORED;
+COMMENT ON COLUMN bunce.dead_letters.response IS 'Bunce''s answer body (at most 2000 characters)';
+COMMENT ON COLUMN bunce.dead_letters.advice IS 'what to do about this dead letter';

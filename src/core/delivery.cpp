@@ -37,20 +37,6 @@ Envelope read_envelope(std::string_view body) {
     return env;
 }
 
-// At most 500 characters of UTF-8, cut on a character boundary: an error page can be
-// large, a message is not, and PostgreSQL refuses to store a broken character.
-std::string clip(std::string s) {
-    size_t chars = 0;
-    for (size_t i = 0; i < s.size(); i++) {
-        if ((static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) continue;  // continuation byte
-        if (++chars > 500) {
-            s.resize(i);
-            break;
-        }
-    }
-    return s;
-}
-
 bool is_port(std::string_view s) {
     return s.size() <= 5 && s.find_first_not_of("0123456789") == s.npos;
 }
@@ -79,7 +65,37 @@ bool is_loopback_authority(std::string_view authority) {
     return rest.empty() || (rest.front() == ':' && is_port(rest.substr(1)));
 }
 
+
 }  // namespace
+
+std::string printable_text(std::string_view s, size_t max_chars) {
+    std::string out;
+    size_t chars = 0;
+    for (size_t i = 0; i < s.size() && chars < max_chars; chars++) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        size_t n = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        bool ok = n > 0 && i + n <= s.size();
+        uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+        for (size_t k = 1; ok && k < n; k++) {
+            const unsigned char cc = static_cast<unsigned char>(s[i + k]);
+            ok = (cc & 0xC0) == 0x80;
+            cp = (cp << 6) | (cc & 0x3F);
+        }
+        static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+        ok = ok && cp >= min[n] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+        if (!ok) {
+            out += "\xEF\xBF\xBD";  // U+FFFD for a byte that is not UTF-8
+            i++;
+        } else if (cp < 0x20 && c != '\n' && c != '\t') {
+            out += ' ';  // control characters (NUL among them) would break a text column or a log line
+            i++;
+        } else {
+            out.append(s.substr(i, n));
+            i += n;
+        }
+    }
+    return out;
+}
 
 Verdict classify(long status, std::string_view body, std::string_view transport_error) {
     if (status == 0)
@@ -87,7 +103,7 @@ Verdict classify(long status, std::string_view body, std::string_view transport_
                                                         : std::string(transport_error)};
     Envelope env = read_envelope(body);
     std::string message = env.message.empty() ? "HTTP " + std::to_string(status) : env.message;
-    message = clip(std::move(message));
+    message = printable_text(message, 500);
     if (status >= 200 && status < 300) {
         if (env.success == false) return {Outcome::rejected, message};
         return {Outcome::delivered, message};

@@ -21,6 +21,10 @@ struct Verdict {
     std::string message;  // Bunce's "message", or a description of what went wrong
 };
 
+// Text from the network made fit to store and show: at most max_chars characters of valid
+// UTF-8 (U+FFFD for bytes that are not), control characters but newline and tab as spaces.
+std::string printable_text(std::string_view s, size_t max_chars);
+
 // status 0 means no HTTP answer at all (transport_error says why).
 Verdict classify(long status, std::string_view body, std::string_view transport_error);
 

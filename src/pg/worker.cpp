@@ -67,9 +67,14 @@ struct Answer {
     int64 retry_after_s;  // from Retry-After, or -1
     int64 backoff_ms;
     char *message;
+    char *response;  // Bunce's answer body, bounded and cleaned ("" when none)
 };
 
 CoreError cpp_error;
+
+// Bunce's answers are UTF-8; a database in another encoding keeps their ASCII only, since a
+// conversion that fails would stop the worker.
+constexpr size_t kResponseChars = 2000;
 MemoryContext loop_cxt;  // reset at the start of every round of the loop
 
 // Retry schedule: attempt n waits a random time in [0.5 s, min(10 min, 2^(n-1) s)].
@@ -131,12 +136,19 @@ void delivery_submit_staged() {
 // Answers that arrived, classified. Returns how many; *out is palloc'd.
 int delivery_collect(Answer **out) {
     int n = 0;
+    const bool utf8 = GetDatabaseEncoding() == PG_UTF8;
     check(guarded(cpp_error, [&] {
         std::vector<bunce::HttpAnswer> answers = delivery->sender.take_answers();
         if (answers.empty()) return;
         auto *r = static_cast<Answer *>(palloc_extended(sizeof(Answer) * answers.size(), MCXT_ALLOC_NO_OOM));
         if (!r) throw std::bad_alloc();
         const int64_t now = time(nullptr);
+        auto keep = [utf8](std::string t) {
+            if (!utf8)
+                for (char &c : t)
+                    if (static_cast<unsigned char>(c) >= 0x80) c = '?';
+            return pstrdup_nothrow(t.data(), t.size());
+        };
         for (const auto &a : answers) {
             bunce::Verdict v = bunce::classify(a.status, a.body, a.error);
             Answer &x = r[n++];
@@ -149,7 +161,8 @@ int delivery_collect(Answer **out) {
             x.retry_after_s = ra ? *ra : -1;
             x.backoff_ms = bunce::backoff_ms(x.attempts, kBackoffBaseMs, kBackoffCapMs, delivery->random());
             if (x.retry_after_s > 0) x.backoff_ms = std::max<int64>(x.backoff_ms, x.retry_after_s * 1000);
-            x.message = pstrdup_nothrow(v.message.data(), v.message.size());
+            x.message = keep(std::move(v.message));
+            x.response = keep(bunce::printable_text(a.body, kResponseChars));
         }
         *out = r;
     }));
@@ -307,17 +320,20 @@ void prepare_plans() {
         "ON CONFLICT (id) DO UPDATE SET delivered_at = pg_catalog.now(), http_status = excluded.http_status, "
         "                               attempts = excluded.attempts",
         2, del_types);
-    Oid dead_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+    Oid dead_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
     plan_dead = prepare(
-        "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) "
-        "           AS a(id, status, message, reason)), "
+        "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), "
+        "                                    pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), "
+        "                                    pg_catalog.unnest($5::text[])) "
+        "           AS a(id, status, message, reason, response)), "
         "d AS (DELETE FROM bunce.outbox o USING a WHERE o.id = a.id "
-        "      RETURNING o.*, a.status AS a_status, a.message AS a_message, a.reason AS a_reason) "
+        "      RETURNING o.*, a.status AS a_status, a.message AS a_message, a.reason AS a_reason, "
+        "                a.response AS a_response) "
         "INSERT INTO bunce.dead_letters (id, event_id, payload, idempotency_key, reason, http_status, "
-        "    message, attempts, enqueued_at, first_attempt_at, last_attempt_at) "
+        "    message, response, attempts, enqueued_at, first_attempt_at, last_attempt_at) "
         "SELECT id, event_id, payload, idempotency_key, a_reason, nullif(a_status, 0), a_message, "
-        "       attempts, enqueued_at, first_attempt_at, sending_since FROM d",
-        4, dead_types);
+        "       nullif(a_response, ''), attempts, enqueued_at, first_attempt_at, sending_since FROM d",
+        5, dead_types);
     Oid retry_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
     plan_retry = prepare(
         "UPDATE bunce.outbox o SET sending_since = NULL, "
@@ -415,7 +431,10 @@ int record(Answer *r, int n, int *delivered, int *dead, const Answer **last_erro
         b->ids[b->n] = Int64GetDatum(x.id);
         b->statuses[b->n] = Int32GetDatum(x.status);
         b->messages[b->n] = CStringGetTextDatum(x.message);
-        if (b == &gone) b->extra[b->n] = CStringGetTextDatum(reason);
+        if (b == &gone) {
+            b->extra[b->n] = CStringGetTextDatum(reason);
+            b->extra2[b->n] = CStringGetTextDatum(x.response);
+        }
         if (b == &again) {
             b->extra[b->n] = Int64GetDatum(x.backoff_ms);
             b->extra2[b->n] = Int32GetDatum(uncounted);
@@ -433,7 +452,7 @@ int record(Answer *r, int n, int *delivered, int *dead, const Answer **last_erro
     }
     if (gone.n) {
         Datum args[] = {int8s(gone.ids, gone.n), int4s(gone.statuses, gone.n),
-                        texts(gone.messages, gone.n), texts(gone.extra, gone.n)};
+                        texts(gone.messages, gone.n), texts(gone.extra, gone.n), texts(gone.extra2, gone.n)};
         run(plan_dead, args, SPI_OK_INSERT);
     }
     if (again.n) {
@@ -483,6 +502,7 @@ int claim(int limit, int *oversize) {
                 psprintf("not sent: the payload is %zu bytes, more than bunce.max_payload_size (%d bytes)",
                          size, max_payload_size));
             big.extra[big.n] = CStringGetTextDatum("invalid");
+            big.extra2[big.n] = CStringGetTextDatum("");
             big.n++;
         } else {
             delivery_stage(id, DatumGetInt32(SPI_getbinval(t, d, 2, &isnull)), SPI_getvalue(t, d, 3),
@@ -493,7 +513,7 @@ int claim(int limit, int *oversize) {
     MemoryContextDelete(row_cxt);
     if (big.n) {
         Datum dead_args[] = {int8s(big.ids, big.n), int4s(big.statuses, big.n),
-                             texts(big.messages, big.n), texts(big.extra, big.n)};
+                             texts(big.messages, big.n), texts(big.extra, big.n), texts(big.extra2, big.n)};
         run(plan_dead, dead_args, SPI_OK_INSERT);
     }
     *oversize = big.n;

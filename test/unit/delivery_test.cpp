@@ -383,3 +383,15 @@ TEST(ApiUrlProblem, EmptyAuthority) {
     for (const char *u : {"http:///v1", "http://?x", "http://#x"})
         EXPECT_TRUE(api_url_problem(u).has_value()) << u;
 }
+
+// ---------------------------------------------------------------- printable_text
+
+TEST(PrintableText, KeepsUtf8AndBoundsAndCleans) {
+    EXPECT_EQ(bunce::printable_text("caf\xc3\xa9 \xe2\x82\xac", 100), "caf\xc3\xa9 \xe2\x82\xac");
+    EXPECT_EQ(bunce::printable_text("ab\xff" "c", 100), "ab\xef\xbf\xbd" "c");
+    EXPECT_EQ(bunce::printable_text(std::string("a\0b\x01", 4), 100), "a b ");
+    EXPECT_EQ(bunce::printable_text("line\nnext\ttab", 100), "line\nnext\ttab");
+    EXPECT_EQ(bunce::printable_text("\xc3\xa9\xc3\xa9\xc3\xa9", 2), "\xc3\xa9\xc3\xa9");  // characters, not bytes
+    EXPECT_EQ(bunce::printable_text("\xed\xa0\x80", 10), "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");  // a surrogate
+    EXPECT_EQ(bunce::printable_text(std::string(100000, 'x'), 2000).size(), 2000u);
+}
