@@ -576,8 +576,10 @@ void release_claims(bool all) {
     SpinLockAcquire(&shared->mutex);
     shared->possibly_duplicated += resent;
     SpinLockRelease(&shared->mutex);
-    ereport(LOG, (errmsg("bunce worker: %lld events were claimed by requests that no longer run; they will be sent again",
-                         static_cast<long long>(resent)),
+    ereport(LOG, (all ? errmsg("bunce worker: %lld events were in flight when delivery stopped; they will be sent again",
+                               static_cast<long long>(resent))
+                      : errmsg("bunce worker: %lld events were claimed longer ago than a request can last; they will be sent again",
+                               static_cast<long long>(resent)),
                   errdetail("Their rows in bunce.outbox are marked possible_duplicate; each request carries the same Idempotency-Key.")));
 }
 

@@ -47,8 +47,15 @@ is($node->safe_psql('restored', $rows), $outbox_before,
 is($node->safe_psql('restored', $dead), $dead_before, 'dead letters restored');
 my $max = $node->safe_psql('restored',
 	'SELECT greatest((SELECT max(id) FROM bunce.outbox), (SELECT max(id) FROM bunce.dead_letters))');
-my $next = $node->safe_psql('restored', enqueue_sql(6));
+my $next = $node->safe_psql('restored', "SELECT nextval('bunce.event_id_seq')");
 cmp_ok($next, '>', $max, 'the restored database numbers new events after the restored ones');
+
+# The worker serves bunce.database only: enqueueing in the restored copy is refused, clearly,
+# instead of waiting there for ever.
+my ($rc, $out, $err) = $node->psql('restored', enqueue_sql(7));
+like($err, qr/bunce delivers the events of database "postgres", not of "restored"/,
+	'enqueueing in a database the worker does not serve is an error naming both');
+like($err, qr/HINT:.*bunce\.database/, '... with a hint');
 
 $node->stop;
 done_testing();
