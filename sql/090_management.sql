@@ -21,6 +21,9 @@ VALUES
      'rejected', 400, 'bad request', 1,
      '2024-05-01 10:00:00+00', '2024-05-01 10:00:01+00', '2024-05-01 10:00:01+00', now() - interval '10 days');
 
+-- Each says what to do about it.
+SELECT id, reason, http_status, advice FROM bunce.dead_letters ORDER BY id;
+
 -- Retry the given ids: back to the outbox, due now, with their id and idempotency key;
 -- 'invalid' ones are skipped (bunce_trigger would refuse them again).
 SELECT bunce.retry_dead_letters(ARRAY[101, 104]) AS retried;

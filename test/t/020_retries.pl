@@ -160,10 +160,16 @@ else { fail('hang: two requests'); }
 
 my $msg422 = 'amount must be a number';
 my $id422;
+# Bunce gives details in an error object besides "message": the dead letter keeps the body.
 ($id422, $reqs) = run_case('422', 4,
-	[ { status => 422, body => { success => JSON::PP::false, message => $msg422 } } ]);
+	[ { status => 422, body => { success => JSON::PP::false, message => $msg422,
+				errors => { amount => [ 'must be numeric' ] } } } ]);
 is(dead_row($id422), "rejected|422|$msg422|1|" . (keys_of($reqs)->[0] // '') . "|4",
 	"422: dead letter with Bunce's status and message, 1 attempt, same key and payload");
+my $kept = $node->safe_psql('postgres', "SELECT response::jsonb -> 'errors' ->> 'amount', "
+	  . "advice ~ 'Bunce refused this payload' FROM bunce.dead_letters WHERE id = $id422");
+is($kept, '["must be numeric"]|t',
+	"422: the dead letter keeps Bunce's answer body, details included, and says what to do");
 # Another event delivered after it: the worker went on, and sent the 422 one exactly once.
 run_case('after-422', 5);
 $reqs = requests_where($bunce, sub { ($_[0]{json}{payload}{n} // 0) == 4 });
