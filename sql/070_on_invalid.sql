@@ -43,11 +43,9 @@ SELECT id, email FROM orders ORDER BY id;
 SELECT payload FROM bunce.outbox WHERE event_id = '22222222-2222-4222-8222-222222222222' ORDER BY id;
 SELECT event_id, payload, reason, message FROM bunce.dead_letters
 WHERE event_id = '22222222-2222-4222-8222-222222222222' ORDER BY id;
--- mapping errors are not about an event: they stay errors
+-- mapping errors are not about an event: they stay errors (at CREATE TRIGGER)
 CREATE TRIGGER orders_bad AFTER INSERT ON orders FOR EACH ROW
     EXECUTE FUNCTION bunce_trigger('22222222-2222-4222-8222-222222222222', '{"email": "no_such_column"}');
-INSERT INTO orders VALUES (5, 'ada@example.com', 50);
-DROP TRIGGER orders_bad ON orders;
 
 -- Per session: RESET goes back to error.
 RESET bunce.on_invalid;

@@ -17,6 +17,7 @@ extern "C" {
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/sequence.h"
@@ -29,6 +30,7 @@ extern "C" {
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "parser/parse_func.h"
 #include "tcop/utility.h"
 #include "rewrite/rewriteHandler.h"
 #include "utils/builtins.h"
@@ -107,14 +109,22 @@ void subxact_callback(SubXactEvent event, SubTransactionId, SubTransactionId, vo
 
 ProcessUtility_hook_type prev_process_utility = nullptr;
 
-// Before any utility command (TRUNCATE, DROP, ALTER, another COPY): let go of the row writer,
-// which would otherwise make a TRUNCATE or DROP of the outbox later in the same transaction
-// fail as "being used by active queries in this session".
+// (The row writer would otherwise make a TRUNCATE or DROP of the outbox later in the same
+// transaction fail as "being used by active queries in this session".)
+void check_create_trigger(CreateTrigStmt *stmt);
+void warn_broken_mappings(Node *stmt);
+
+// Before any utility command (TRUNCATE, DROP, ALTER, another COPY): let go of the row writer.
+// A bunce trigger is checked when it is created, not when the business write first fires it;
+// an ALTER TABLE that breaks a trigger's mapping says so.
 void process_utility(PlannedStmt *pstmt, const char *query, bool read_only, ProcessUtilityContext context,
                      ParamListInfo params, QueryEnvironment *env, DestReceiver *dest, QueryCompletion *qc) {
     if (IsTransactionState()) close_row_writer();
+    Node *stmt = pstmt->utilityStmt;
+    if (IsA(stmt, CreateTrigStmt)) check_create_trigger(castNode(CreateTrigStmt, stmt));
     (prev_process_utility ? prev_process_utility : standard_ProcessUtility)(
         pstmt, query, read_only, context, params, env, dest, qc);
+    if (IsA(stmt, RenameStmt) || IsA(stmt, AlterTableStmt)) warn_broken_mappings(stmt);
 }
 
 }  // namespace
@@ -654,15 +664,24 @@ void sweep_setups() {
     }
 }
 
+// What uuid_in accepts (checked first: uuid_in's own error would quote the argument and end
+// the statement without the trigger's name): 32 hex digits, a hyphen allowed after any group
+// of four, optionally in braces.
 bool looks_like_uuid(const char *s) {
-    // The forms uuid_in accepts most commonly: 8-4-4-4-12 hex digits, or 32 in a row.
     size_t len = strlen(s);
-    if (len != 36 && len != 32) return false;
-    for (size_t i = 0; i < len; i++) {
-        const bool dash = len == 36 && (i == 8 || i == 13 || i == 18 || i == 23);
-        if (dash ? s[i] != '-' : !isxdigit(static_cast<unsigned char>(s[i]))) return false;
+    if (len >= 2 && s[0] == '{' && s[len - 1] == '}') {
+        s++;
+        len -= 2;
     }
-    return true;
+    int digits = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (isxdigit(static_cast<unsigned char>(s[i]))) {
+            digits++;
+        } else if (s[i] != '-' || digits == 0 || digits % 4 != 0 || digits == 32 || s[i - 1] == '-') {
+            return false;
+        }
+    }
+    return digits == 32 && s[len - 1] != '-';
 }
 
 ValueKind kind_of(Oid type) {
@@ -745,6 +764,8 @@ void assign_roles(TriggerSetup *s) {
     s->typed_check = typed && GetDatabaseEncoding() == PG_UTF8;
 }
 
+void build_setup(TriggerSetup *s, const char *tgname, int nargs, char **args, Relation rel);
+
 TriggerSetup *trigger_setup(TriggerData *td) {
     Trigger *tg = td->tg_trigger;
     Relation rel = td->tg_relation;
@@ -764,26 +785,34 @@ TriggerSetup *trigger_setup(TriggerData *td) {
     if (found && triggers_running == 0) MemoryContextDelete(s->cxt);
     s->valid = false;
     s->cxt = AllocSetContextCreate(CacheMemoryContext, "bunce trigger setup", ALLOCSET_SMALL_SIZES);
+    build_setup(s, tg->tgname, tg->tgnargs, tg->tgargs, rel);
+    s->valid = true;
+    return s;
+}
+
+// Parses a trigger's arguments and looks up its columns into s (whose cxt is set); an ERROR
+// naming the trigger and the table for anything wrong. Used when the trigger fires and when
+// it is created.
+void build_setup(TriggerSetup *s, const char *tgname, int nargs, char **args, Relation rel) {
     s->relid = RelationGetRelid(rel);
     s->nitems = 0;
-
     const char *table = RelationGetRelationName(rel);
-    if (tg->tgnargs < 1 || tg->tgnargs > 2)
+    if (nargs < 1 || nargs > 2)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("trigger \"%s\" on table \"%s\": bunce_trigger() takes an event id and an optional mapping, got %d arguments",
-                               tg->tgname, table, tg->tgnargs),
+                               tgname, table, nargs),
                         errhint("EXECUTE FUNCTION bunce_trigger('<event uuid>', '{\"email\": \"email_column\"}')")));
-    if (!looks_like_uuid(tg->tgargs[0]))
+    if (!looks_like_uuid(args[0]))
         ereport(ERROR, (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
                         errmsg("trigger \"%s\" on table \"%s\": event id \"%s\" is not a valid UUID",
-                               tg->tgname, table, tg->tgargs[0]),
+                               tgname, table, args[0]),
                         errhint("The first argument is the id of an event created in Bunce.")));
-    memcpy(&s->event_id, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(tg->tgargs[0]))),
+    memcpy(&s->event_id, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(args[0]))),
            sizeof(pg_uuid_t));
 
     MemoryContext old = MemoryContextSwitchTo(s->cxt);
     TupleDesc desc = RelationGetDescr(rel);
-    if (tg->tgnargs == 1) {
+    if (nargs == 1) {
         // No mapping: every column under its own name.
         int ncols = 0;
         for (int i = 0; i < desc->natts; i++) ncols += !TupleDescAttr(desc, i)->attisdropped;
@@ -798,7 +827,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
         }
     } else {
         CoreError err;
-        const char *mapping = tg->tgargs[1];
+        const char *mapping = args[1];
         int nitems = 0;
         LayoutItem *items = nullptr;
         char **columns = nullptr;
@@ -815,7 +844,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
         });
         MemoryContextSwitchTo(old);
         if (err.failed)
-            raise(err, psprintf("trigger \"%s\" on table \"%s\"", tg->tgname, table));
+            raise(err, psprintf("trigger \"%s\" on table \"%s\"", tgname, table));
         MemoryContextSwitchTo(s->cxt);
         s->items = items;
         s->columns = static_cast<Column *>(palloc(sizeof(Column) * nitems));
@@ -832,7 +861,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
                 MemoryContextSwitchTo(old);
                 ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
                                 errmsg("trigger \"%s\" on table \"%s\": mapping key \"%s\" names column \"%s\", which does not exist",
-                                       tg->tgname, table, items[i].key, columns[i]),
+                                       tgname, table, items[i].key, columns[i]),
                                 errhint("Map payload keys to columns of \"%s\"; names are case-sensitive.", table)));
             }
             add_column(s, rel, attnum, ncols);
@@ -842,8 +871,6 @@ TriggerSetup *trigger_setup(TriggerData *td) {
     }
     MemoryContextSwitchTo(old);
     assign_roles(s);
-    s->valid = true;
-    return s;
 }
 
 // Why a column's value cannot be sent as it is (a static string), or nullptr. The value is
@@ -1039,6 +1066,112 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringI
 
 }  // namespace
 
+namespace bunce_pg {
+namespace {
+
+bool is_bunce_trigger(Oid function) {
+    FmgrInfo f;
+    fmgr_info(function, &f);
+    return f.fn_addr == bunce_trigger_row;
+}
+
+[[noreturn]] void refuse_timing(const char *tgname, const char *table) {
+    ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                    errmsg("trigger \"%s\" on table \"%s\": bunce_trigger() must be an AFTER INSERT, UPDATE or DELETE trigger",
+                           tgname, table),
+                    errhint("An event describes a change that happened: use AFTER.")));
+}
+
+[[noreturn]] void refuse_no_transition_table(const char *tgname, const char *table, bool deleting) {
+    ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                    errmsg("trigger \"%s\" on table \"%s\": a statement-level bunce_trigger() needs a transition table",
+                           tgname, table),
+                    errhint("Add REFERENCING %s TABLE AS changed_rows to CREATE TRIGGER.", deleting ? "OLD" : "NEW")));
+}
+
+void check_create_trigger(CreateTrigStmt *stmt) {
+    const Oid function = LookupFuncName(stmt->funcname, 0, nullptr, true);
+    if (!OidIsValid(function) || !is_bunce_trigger(function)) return;
+    Relation rel = table_openrv(stmt->relation, ShareRowExclusiveLock);  // as CREATE TRIGGER will
+    const char *table = RelationGetRelationName(rel);
+    if ((stmt->timing & (TRIGGER_TYPE_BEFORE | TRIGGER_TYPE_INSTEAD)) || (stmt->events & TRIGGER_TYPE_TRUNCATE))
+        refuse_timing(stmt->trigname, table);
+    if (!stmt->row) {
+        bool has_new = false, has_old = false;
+        ListCell *lc;
+        foreach (lc, stmt->transitionRels) {
+            const auto *t = lfirst_node(TriggerTransition, lc);
+            (t->isNew ? has_new : has_old) = true;
+        }
+        if ((stmt->events & (TRIGGER_TYPE_INSERT | TRIGGER_TYPE_UPDATE)) && !has_new)
+            refuse_no_transition_table(stmt->trigname, table, false);
+        if ((stmt->events & TRIGGER_TYPE_DELETE) && !has_old) refuse_no_transition_table(stmt->trigname, table, true);
+    }
+    const int nargs = list_length(stmt->args);
+    char **args = static_cast<char **>(palloc(sizeof(char *) * Max(nargs, 1)));
+    int i = 0;
+    ListCell *lc;
+    foreach (lc, stmt->args) args[i++] = strVal(lfirst(lc));
+    TriggerSetup probe;
+    memset(&probe, 0, sizeof probe);
+    probe.cxt = AllocSetContextCreate(CurrentMemoryContext, "bunce trigger check", ALLOCSET_SMALL_SIZES);
+    build_setup(&probe, stmt->trigname, nargs, args, rel);
+    MemoryContextDelete(probe.cxt);
+    table_close(rel, NoLock);
+}
+
+// After ALTER TABLE ... RENAME COLUMN, DROP COLUMN or ALTER COLUMN TYPE: a bunce trigger whose
+// mapping names a column that is gone would refuse every row from now on. The ALTER goes
+// through (the mapping is text, not a dependency), with a WARNING naming the trigger.
+void warn_broken_mappings(Node *stmt) {
+    RangeVar *rv = nullptr;
+    if (IsA(stmt, RenameStmt)) {
+        auto *r = castNode(RenameStmt, stmt);
+        if (r->renameType == OBJECT_COLUMN) rv = r->relation;
+    } else {
+        auto *a = castNode(AlterTableStmt, stmt);
+        ListCell *lc;
+        foreach (lc, a->cmds)
+            if (lfirst_node(AlterTableCmd, lc)->subtype == AT_DropColumn) rv = a->relation;
+    }
+    if (!rv) return;
+    const Oid relid = RangeVarGetRelid(rv, NoLock, true);
+    if (!OidIsValid(relid)) return;
+    CommandCounterIncrement();
+    Relation rel = table_open(relid, AccessShareLock);
+    TriggerDesc *triggers = rel->trigdesc;
+    for (int t = 0; triggers && t < triggers->numtriggers; t++) {
+        const Trigger *tg = &triggers->triggers[t];
+        if (tg->tgnargs != 2 || !is_bunce_trigger(tg->tgfoid)) continue;
+        CoreError err;
+        int ncolumns = 0;
+        char **columns = nullptr, **keys = nullptr;
+        const char *mapping = tg->tgargs[1];
+        if (!guarded(err, [&] {
+                std::vector<bunce::MappingItem> parsed = bunce::parse_mapping(mapping);
+                columns = static_cast<char **>(palloc_extended(sizeof(char *) * (parsed.size() + 1), MCXT_ALLOC_NO_OOM));
+                keys = static_cast<char **>(palloc_extended(sizeof(char *) * (parsed.size() + 1), MCXT_ALLOC_NO_OOM));
+                if (!columns || !keys) throw std::bad_alloc();
+                for (const auto &p : parsed) {
+                    if (p.kind != bunce::MappingItem::field) continue;
+                    keys[ncolumns] = pstrdup_nothrow(p.key.data(), p.key.size());
+                    columns[ncolumns++] = pstrdup_nothrow(p.column.data(), p.column.size());
+                }
+            }))
+            continue;  // a mapping that does not parse was refused at CREATE TRIGGER
+        for (int c = 0; c < ncolumns; c++)
+            if (get_attnum(relid, columns[c]) == InvalidAttrNumber)
+                ereport(WARNING, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                                  errmsg("trigger \"%s\" on table \"%s\": mapping key \"%s\" names column \"%s\", which no longer exists",
+                                         tg->tgname, RelationGetRelationName(rel), keys[c], columns[c]),
+                                  errhint("Until the mapping is fixed (CREATE OR REPLACE TRIGGER), the trigger refuses every row.")));
+    }
+    table_close(rel, AccessShareLock);
+}
+
+}  // namespace
+}  // namespace bunce_pg
+
 Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
     if (!CALLED_AS_TRIGGER(fcinfo))
         ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
@@ -1047,11 +1180,7 @@ Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
     auto *td = reinterpret_cast<TriggerData *>(fcinfo->context);
     const char *table = RelationGetRelationName(td->tg_relation);
     const char *tgname = td->tg_trigger->tgname;
-    if (!TRIGGER_FIRED_AFTER(td->tg_event) || TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
-        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-                        errmsg("trigger \"%s\" on table \"%s\": bunce_trigger() must be an AFTER INSERT, UPDATE or DELETE trigger",
-                               tgname, table),
-                        errhint("An event describes a change that happened: use AFTER.")));
+    if (!TRIGGER_FIRED_AFTER(td->tg_event) || TRIGGER_FIRED_BY_TRUNCATE(td->tg_event)) refuse_timing(tgname, table);
     check_writable("A bunce trigger");
     check_served_database();
     TriggerSetup *s = trigger_setup(td);
@@ -1073,11 +1202,7 @@ Datum bunce_trigger_row(PG_FUNCTION_ARGS) {
     }
 
     Tuplestorestate *rows = deleting ? td->tg_oldtable : td->tg_newtable;
-    if (!rows)
-        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-                        errmsg("%s: a statement-level bunce_trigger() needs a transition table", context),
-                        errhint("Add REFERENCING %s TABLE AS changed_rows to CREATE TRIGGER.",
-                                deleting ? "OLD" : "NEW")));
+    if (!rows) refuse_no_transition_table(tgname, table, deleting);
     TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsMinimalTuple);
     MemoryContext per_row = AllocSetContextCreate(CurrentMemoryContext, "bunce row", ALLOCSET_DEFAULT_SIZES);
     outbox_open(&w, true);
