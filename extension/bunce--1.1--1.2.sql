@@ -7,24 +7,30 @@
 -- Called by bunce.retry_dead_letters (SECURITY DEFINER); anyone else could skew the counters.
 REVOKE ALL ON FUNCTION bunce.notify_enqueued(bigint) FROM bunce_admin;
 
--- bunce_admin may read every event: a role of that name that can log in, or that is a
--- superuser, was not made by bunce (1.0 makes it NOLOGIN), so refuse it; say who its members are
--- (a WARNING: CREATE EXTENSION hides NOTICEs).
+-- bunce_admin may read every event. bunce makes it NOLOGIN with no other attribute and no
+-- membership of its own (1.0); a role of that name that can log in, has an attribute or is a
+-- member of other roles was made by someone else: refuse it. Name its members, direct or
+-- not (a WARNING: CREATE EXTENSION hides NOTICEs).
 DO $$
 DECLARE
     admin pg_catalog.pg_roles;
     members text;
 BEGIN
     SELECT * INTO admin FROM pg_catalog.pg_roles WHERE rolname = 'bunce_admin';
-    IF admin.rolcanlogin OR admin.rolsuper THEN
-        RAISE EXCEPTION 'role "bunce_admin" can log in or is a superuser'
+    IF admin.rolcanlogin OR admin.rolsuper OR admin.rolcreaterole OR admin.rolcreatedb
+       OR admin.rolreplication OR admin.rolbypassrls
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members WHERE member = admin.oid) THEN
+        RAISE EXCEPTION 'role "bunce_admin" has privileges that bunce does not give it'
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'bunce grants bunce_admin read access to every event, customer data included.',
-                  HINT = 'ALTER ROLE bunce_admin NOLOGIN NOSUPERUSER, or drop the role, then retry.';
+                  DETAIL = 'bunce grants bunce_admin read access to every event, customer data included; it must be NOLOGIN, without attributes and a member of no role.',
+                  HINT = 'ALTER ROLE bunce_admin NOLOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS, revoke its memberships, or drop the role, then retry.';
     END IF;
-    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(m.rolname), ', ' ORDER BY m.rolname) INTO members
-    FROM pg_catalog.pg_auth_members a JOIN pg_catalog.pg_roles m ON m.oid = a.member
-    WHERE a.roleid = admin.oid;
+    WITH RECURSIVE m(oid) AS (
+        SELECT a.member FROM pg_catalog.pg_auth_members a WHERE a.roleid = admin.oid
+        UNION
+        SELECT a.member FROM pg_catalog.pg_auth_members a JOIN m ON a.roleid = m.oid)
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.rolname), ', ' ORDER BY r.rolname) INTO members
+    FROM m JOIN pg_catalog.pg_roles r ON r.oid = m.oid;
     IF members IS NOT NULL THEN
         RAISE WARNING 'members of role "bunce_admin" can read every bunce event: %', members
             USING HINT = 'Revoke bunce_admin from roles that must not read customer data.';

@@ -159,8 +159,14 @@ DROP EXTENSION bunce;
 -- refused; the members of an existing one are named in a WARNING.
 ALTER ROLE bunce_admin LOGIN;
 SELECT * FROM try_sql('CREATE EXTENSION bunce');
-ALTER ROLE bunce_admin NOLOGIN;
+ALTER ROLE bunce_admin NOLOGIN CREATEROLE;
+SELECT code, message FROM try_sql('CREATE EXTENSION bunce');
+ALTER ROLE bunce_admin NOCREATEROLE;
+-- members through another role are named too
+CREATE ROLE regress_bunce_mid IN ROLE bunce_admin;
+GRANT regress_bunce_mid TO regress_bunce_app;
 CREATE EXTENSION bunce;
 DROP EXTENSION bunce;
+DROP ROLE regress_bunce_mid;
 DROP FUNCTION try_sql(text);
 DROP ROLE regress_bunce_app, regress_bunce_owner, regress_bunce_reader;

@@ -1,5 +1,7 @@
 #include "payload.hpp"
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -33,6 +35,27 @@ bool is_integer_token(std::string_view t) {
     for (char c : t)
         if (c < '0' || c > '9') return false;
     return true;
+}
+
+// How many characters a JSON number takes written out without an exponent, as PostgreSQL's
+// numeric prints it (at least; an exponent too large to read counts as too long).
+constexpr size_t kMaxNumberChars = 64;
+size_t written_out_length(std::string_view t) {
+    const size_t e = t.find_first_of("eE");
+    if (e == t.npos) return t.size();
+    const std::string_view mantissa = t.substr(0, e);
+    std::string_view exp = t.substr(e + 1);
+    const bool negative = !exp.empty() && exp.front() == '-';
+    if (!exp.empty() && (exp.front() == '-' || exp.front() == '+')) exp.remove_prefix(1);
+    if (exp.size() > 6) return SIZE_MAX;
+    long x = 0;
+    for (char c : exp) x = x * 10 + (c - '0');
+    if (negative) x = -x;
+    const size_t dot = mantissa.find('.');
+    const long whole = static_cast<long>(dot == mantissa.npos ? mantissa.size() : dot);
+    const long fraction = dot == mantissa.npos ? 0 : static_cast<long>(mantissa.size() - dot - 1);
+    const long digits_before = std::max(1L, whole + x), digits_after = std::max(0L, fraction - x);
+    return static_cast<size_t>(digits_before + (digits_after ? 1 + digits_after : 0));
 }
 
 // A JSON string token (quotes included) as text: escapes decoded when it has any.
@@ -77,10 +100,9 @@ std::optional<std::string> normalise_text(std::string_view t) {
             }
             const std::string_view text = token_text(t.substr(i, end + 1 - i), escaped, decoded);
             Level *level = levels.empty() ? nullptr : &levels.back();
-            if (text.find('\0') != std::string_view::npos)  // escaped as \u0000
-                refuse("payload field \"" + (levels.empty() ? std::string() : levels[0].key) +
-                           "\" holds a NUL character (\\u0000), which PostgreSQL cannot store",
-                       "Remove the NUL character from the value.");
+            if (text.find('\0') != std::string_view::npos)  // escaped as \u0000: jsonb refuses it
+                throw InvalidJson("payload field \"" + (levels.empty() ? std::string() : levels[0].key) +
+                                  "\" holds a NUL character (\\u0000), which PostgreSQL cannot store");
             if (level && level->object && level->expect_key) {
                 level->key.assign(text);
                 level->expect_key = false;
@@ -100,10 +122,15 @@ std::optional<std::string> normalise_text(std::string_view t) {
             size_t end = i;
             while (end < t.size() && std::strchr("+-.0123456789eE", t[end])) end++;
             const std::string_view number = t.substr(i, end - i);
-            if ((number.size() > 300 || number.find_first_of("eE") != number.npos) && std::isinf(std::strtod(std::string(number).c_str(), nullptr)))
-                refuse("payload field \"" + (levels.empty() ? std::string() : levels[0].key) +
-                           "\" holds a number too large for Bunce",
+            const std::string field = levels.empty() ? std::string() : levels[0].key;
+            if ((number.size() > 300 || number.find_first_of("eE") != number.npos) &&
+                std::isinf(std::strtod(std::string(number).c_str(), nullptr)))
+                refuse("payload field \"" + field + "\" holds a number too large for Bunce",
                        "Numbers must fit in double precision (about 1.8e308); send larger ones as strings.");
+            // jsonb writes numbers out in full: 0e-16383 would become 16,385 characters.
+            if (written_out_length(number) > kMaxNumberChars)
+                throw InvalidJson("payload field \"" + field + "\" holds a number of more than " +
+                                  std::to_string(kMaxNumberChars) + " characters when written out");
             if (levels.size() == 2 && levels[0].key == "customer" && levels[1].object &&
                 levels[1].key == "customer_id") {
                 if (!is_integer_token(number))

@@ -30,6 +30,7 @@ extern "C" {
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "optimizer/optimizer.h"
 #include "parser/parse_func.h"
 #include "tcop/utility.h"
 #include "rewrite/rewriteHandler.h"
@@ -266,6 +267,9 @@ void map_outbox_columns(OutboxWriter *w) {
         if (att->attgenerated)
             outbox_mismatch(psprintf("Column \"%s\" is generated.", NameStr(att->attname)));
         if (Node *def = build_column_default(w->rel, i + 1)) {
+            // Evaluated inside the writer: nothing that could run SQL or change state.
+            if (contain_volatile_functions(def))
+                outbox_mismatch(psprintf("Column \"%s\" has a volatile default.", NameStr(att->attname)));
             w->default_index[w->ndefaults] = i;
             w->default_expr[w->ndefaults] = ExecPrepareExpr(reinterpret_cast<Expr *>(def), w->estate);
             w->ndefaults++;
@@ -469,7 +473,8 @@ Datum prepare(const char *text, Datum original, CoreError &err) {
         }))
         return static_cast<Datum>(0);
     if (original != static_cast<Datum>(0)) {
-        if (!within_size_limit(changed ? normalised_size : size, err)) return static_cast<Datum>(0);
+        // Measured as sent: in UTF-8.
+        if (!within_size_limit(changed ? normalised_size : strlen(utf8), err)) return static_cast<Datum>(0);
         if (!changed) return original;
     }
     if (changed && convert) normalised = pg_any_to_server(normalised, static_cast<int>(normalised_size), PG_UTF8);
@@ -1045,13 +1050,18 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringI
         snprintf(err.message, sizeof err.message, "payload field \"%s\" (column \"%s\") %s", bad->key,
                  s->columns[bad->column].name, problem);
         strlcpy(err.hint, "Correct the value, or leave it out of the mapping.", sizeof err.hint);
-    } else if (!s->typed_check)
+    } else if (static_cast<size_t>(buf->len) > 2 * static_cast<size_t>(max_payload_size)) {
+        // Far too large whatever its form: refused before anything parses it.
+        within_size_limit(static_cast<size_t>(buf->len), err);
+    } else if (!s->typed_check) {
         payload = prepare(buf->data, 0, err);
-    else if (guarded(err, [&] { bunce::check_fields(fields); }))
+    } else if (guarded(err, [&] { bunce::check_fields(fields); })) {
         payload = DirectFunctionCall1(jsonb_in, CStringGetDatum(buf->data));
-    // The text built here is compact; jsonb's text form adds at most a space after each ','
-    // and ':', so it is measured only when it could be too large.
-    if (!err.failed && static_cast<size_t>(buf->len) * 2 > static_cast<size_t>(max_payload_size)) {
+    }
+    // The text built here is compact. From typed columns, jsonb's text form adds at most a
+    // space after each ',' and ':'; a json column's text may be written in any form. So it
+    // is measured as it will be sent, unless it certainly fits.
+    if (!err.failed && (!s->typed_check || static_cast<size_t>(buf->len) * 2 > static_cast<size_t>(max_payload_size))) {
         Jsonb *jb = DatumGetJsonbP(payload);
         char *sent = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
         within_size_limit(strlen(sent), err);

@@ -93,9 +93,13 @@ const char *api_key() { return api_key_file[0] ? file_key : real_api_key; }
 bool load_api_key(char *problem, size_t size) {
     file_key[0] = '\0';
     if (!api_key_file[0]) return true;
-    const int fd = open(api_key_file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    // Non-blocking: a FIFO would otherwise hang the worker (and shutdown) in open().
+    const int fd = open(api_key_file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) {
-        snprintf(problem, size, "bunce.api_key_file could not be opened: %s", strerror(errno));
+        if (errno == ELOOP)
+            snprintf(problem, size, "bunce.api_key_file must name the file itself, not a symbolic link");
+        else
+            snprintf(problem, size, "bunce.api_key_file could not be opened: %s", strerror(errno));
         return false;
     }
     struct stat st;

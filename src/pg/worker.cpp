@@ -307,7 +307,7 @@ void prepare_plans() {
         "      WHERE next_attempt_at <= pg_catalog.statement_timestamp() AND sending_since IS NULL "
         "      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) c "
         "WHERE o.id = c.id "
-        "RETURNING o.id, o.attempts, o.event_id::text, o.payload, o.idempotency_key::text",
+        "RETURNING o.id, o.attempts, o.event_id::text, o.payload::pg_catalog.jsonb, o.idempotency_key::text",
         1, claim_types);
     Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID};
     plan_delivered = prepare("DELETE FROM bunce.outbox WHERE id = ANY ($1)", 1, del_types);
@@ -489,12 +489,15 @@ int claim(int limit, int *oversize) {
         const int64 id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
         MemoryContext old = MemoryContextSwitchTo(row_cxt);
         Jsonb *jb = DatumGetJsonbP(SPI_getbinval(t, d, 4, &isnull));
-        char *payload = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+        // Enqueued payloads were measured as sent; one written by hand could write out to far
+        // more than its stored size (numbers): that is not even made text.
+        const bool huge = VARSIZE(jb) > 8 * static_cast<size_t>(max_payload_size);
+        char *payload = huge ? nullptr : JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
         // JSON on the wire is UTF-8, whatever the database's encoding.
-        if (GetDatabaseEncoding() != PG_UTF8)
+        if (payload && GetDatabaseEncoding() != PG_UTF8)
             payload = pg_server_to_any(payload, static_cast<int>(strlen(payload)), PG_UTF8);
         MemoryContextSwitchTo(old);
-        const size_t size = strlen(payload);
+        const size_t size = payload ? strlen(payload) : VARSIZE(jb);
         if (size > static_cast<size_t>(max_payload_size)) {
             big.ids[big.n] = Int64GetDatum(id);
             big.statuses[big.n] = Int32GetDatum(0);
@@ -552,6 +555,18 @@ void end() {
     MemoryContextSwitchTo(loop_cxt);
 }
 
+// The outbox ids of the requests in flight, as a bigint[].
+Datum in_flight_ids() {
+    Datum *ids = nullptr;
+    int n = 0;
+    check(guarded(cpp_error, [&] {
+        ids = static_cast<Datum *>(palloc_extended(sizeof(Datum) * (delivery->attempts.size() + 1), MCXT_ALLOC_NO_OOM));
+        if (!ids) throw std::bad_alloc();
+        for (const auto &a : delivery->attempts) ids[n++] = Int64GetDatum(a.first);
+    }));
+    return int8s(ids, n);
+}
+
 // A claim lasts at most a request's time limit; one this much older is held by no request.
 constexpr int kClaimMarginMs = 30000;
 
@@ -562,16 +577,22 @@ constexpr int kClaimMarginMs = 30000;
 void release_claims(bool all) {
     char sql[512];
     char older[128] = "";
-    if (!all)
+    if (!all)  // the requests this worker has in flight may outlast a lowered request_timeout
         snprintf(older, sizeof older,
-                 "AND sending_since < pg_catalog.statement_timestamp() - interval '%d milliseconds' ",
+                 "AND sending_since < pg_catalog.statement_timestamp() - interval '%d milliseconds' "
+                 "AND id <> ALL ($1) ",
                  request_timeout_ms + kClaimMarginMs);
     snprintf(sql, sizeof sql,
              "WITH r AS (UPDATE bunce.outbox SET sending_since = NULL, possible_duplicate = true, "
              "next_attempt_at = least(next_attempt_at, pg_catalog.statement_timestamp()) "
              "WHERE sending_since IS NOT NULL %sRETURNING 1) SELECT pg_catalog.count(*) FROM r",
              older);
-    const int64 resent = query_int(sql);
+    Datum held = in_flight_ids();
+    Oid types[] = {INT8ARRAYOID};
+    if (SPI_execute_with_args(sql, all ? 0 : 1, types, &held, nullptr, false, 0) != SPI_OK_SELECT)
+        elog(ERROR, "bunce worker: could not release claims");
+    bool isnull;
+    const int64 resent = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
     if (resent == 0) return;
     SpinLockAcquire(&shared->mutex);
     shared->possibly_duplicated += resent;
@@ -711,6 +732,13 @@ void pin_session_settings() {
         {"enable_indexonlyscan", "on"},
         {"enable_bitmapscan", "on"},
         {"jit", "off"},
+        {"seq_page_cost", "1"},
+        {"random_page_cost", "4"},
+        {"cpu_tuple_cost", "0.01"},
+        {"cpu_index_tuple_cost", "0.005"},
+        {"cpu_operator_cost", "0.0025"},
+        {"plan_cache_mode", "auto"},
+        {"synchronous_commit", "on"},  // a delivered event's delete is durable: fewer re-sends
     };
     for (const auto &p : pinned) SetConfigOption(p[0], p[1], PGC_SUSET, PGC_S_OVERRIDE);
 }
