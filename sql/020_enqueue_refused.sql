@@ -73,7 +73,11 @@ INSERT INTO refused (label, payload) VALUES
     ('device token a number',     '{"customer": {"customer_id": "1", "devices": [{"device_type": "ios", "device_token": 5}]}}'),
     ('device missing type',       '{"customer": {"customer_id": "1", "devices": [{"device_token": "t"}]}}'),
     ('second device bad',         '{"customer": {"customer_id": "1", "devices": [{"device_type": "ios", "device_token": "t"}, {}]}}'),
-    ('number beyond double',      '{"email": "ada@example.com", "n": 1e400}');
+    ('number beyond double',      '{"email": "ada@example.com", "n": 1e400}'),
+    ('email with no-break space', '{"email": "ada\u00a0@example.com"}'),
+    ('email with line separator', '{"customer": {"email": "ada@exa\u2028mple.com"}}'),
+    ('email with ideographic sp', '{"email": "ada\u3000x@example.com"}'),
+    ('number written out long',   '{"email": "ada@example.com", "n": 1e70}');
 
 SELECT r.n, r.label, t.code, t.message
 FROM refused r,

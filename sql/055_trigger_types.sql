@@ -147,6 +147,31 @@ INSERT INTO sales VALUES ('eu', 1, 'ada@example.com', 10), ('us', 2, 'grace@exam
 SELECT event_id, payload FROM bunce.outbox ORDER BY id;
 DROP TABLE sales;
 
+-- One rule set: what bunce_trigger(uuid, jsonb) refuses, the trigger refuses too, naming the
+-- trigger, the table and the field, never quoting the row; bunce.on_invalid applies.
+CREATE TABLE rules (id int, email text, j json, name text, tok text);
+CREATE TRIGGER rules_json AFTER INSERT ON rules FOR EACH ROW
+    EXECUTE FUNCTION bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "email", "extra": "j"}');
+INSERT INTO rules (id, email, j) VALUES (1, 'ada@example.com', '{"a": "x\u0000y"}');
+INSERT INTO rules (id, email, j) VALUES (2, 'ada@example.com', '[1e70]');
+INSERT INTO rules (id, email, j) VALUES (3, 'ada@example.com', '{"n": 1e400}');
+SET bunce.on_invalid = dead_letter;
+INSERT INTO rules (id, email, j) VALUES (4, 'ada@example.com', '{"a": "x\u0000y"}');
+RESET bunce.on_invalid;
+SELECT reason, payload ? 'unparsed' AS kept_as_text FROM bunce.dead_letters ORDER BY id;
+DELETE FROM bunce.dead_letters;
+DROP TRIGGER rules_json ON rules;
+CREATE TRIGGER rules_devices AFTER INSERT ON rules FOR EACH ROW
+    EXECUTE FUNCTION bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+        '{"customer": {"email": "email", "devices": {"device_type": "name", "device_token": "tok"}}}');
+INSERT INTO rules (id, email, name, tok) VALUES (5, 'ada@example.com', 'ios', 't');
+DROP TRIGGER rules_devices ON rules;
+CREATE TRIGGER rules_name AFTER INSERT ON rules FOR EACH ROW
+    EXECUTE FUNCTION bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+        '{"customer": {"email": "email", "first_name": {"x": "name"}}}');
+INSERT INTO rules (id, email, name) VALUES (6, 'ada@example.com', 'Ada');
+DROP TABLE rules;
+
 DROP TABLE typed;
 DROP DOMAIN email_address;
 DROP DOMAIN moment;

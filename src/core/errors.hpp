@@ -28,10 +28,16 @@ private:
     std::string hint_;
 };
 
-// Text that is not JSON at all (SQLSTATE 22P02).
+// Text that is not JSON, or JSON that PostgreSQL cannot store (SQLSTATE 22P02).
 class InvalidJson : public std::runtime_error {
 public:
-    using std::runtime_error::runtime_error;
+    explicit InvalidJson(const std::string &message,
+                         std::string hint = "Pass the payload as a jsonb object.")
+        : std::runtime_error(message), hint_(std::move(hint)) {}
+    const std::string &hint() const { return hint_; }
+
+private:
+    std::string hint_;
 };
 
 // A trigger's column mapping that cannot be used (SQLSTATE 22023).

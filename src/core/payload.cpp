@@ -102,7 +102,8 @@ std::optional<std::string> normalise_text(std::string_view t) {
             Level *level = levels.empty() ? nullptr : &levels.back();
             if (text.find('\0') != std::string_view::npos)  // escaped as \u0000: jsonb refuses it
                 throw InvalidJson("payload field \"" + (levels.empty() ? std::string() : levels[0].key) +
-                                  "\" holds a NUL character (\\u0000), which PostgreSQL cannot store");
+                                  "\" holds a NUL character (\\u0000), which PostgreSQL cannot store",
+                                  "Remove the NUL character from the value.");
             if (level && level->object && level->expect_key) {
                 level->key.assign(text);
                 level->expect_key = false;
@@ -130,7 +131,8 @@ std::optional<std::string> normalise_text(std::string_view t) {
             // jsonb writes numbers out in full: 0e-16383 would become 16,385 characters.
             if (written_out_length(number) > kMaxNumberChars)
                 throw InvalidJson("payload field \"" + field + "\" holds a number of more than " +
-                                  std::to_string(kMaxNumberChars) + " characters when written out");
+                                  std::to_string(kMaxNumberChars) + " characters when written out",
+                                  "Bunce reads numbers as double precision; send such a value as a string.");
             if (levels.size() == 2 && levels[0].key == "customer" && levels[1].object &&
                 levels[1].key == "customer_id") {
                 if (!is_integer_token(number))

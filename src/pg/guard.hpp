@@ -41,7 +41,7 @@ bool guarded(CoreError &err, Fn &&fn) noexcept {
     } catch (const bunce::LimitExceeded &e) {
         set(ERRCODE_PROGRAM_LIMIT_EXCEEDED, e.what(), e.hint().c_str());
     } catch (const bunce::InvalidJson &e) {
-        set(ERRCODE_INVALID_TEXT_REPRESENTATION, e.what(), nullptr);
+        set(ERRCODE_INVALID_TEXT_REPRESENTATION, e.what(), e.hint().c_str());
     } catch (const std::bad_alloc &) {
         set(ERRCODE_OUT_OF_MEMORY, "out of memory", nullptr);
     } catch (const std::exception &e) {
