@@ -18,6 +18,9 @@ extern "C" {
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_trigger.h"
+#include "utils/syscache.h"
+#include "catalog/pg_language.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/sequence.h"
@@ -1079,10 +1082,23 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringI
 namespace bunce_pg {
 namespace {
 
+// Whether a function is bunce's trigger: a C function of this library's bunce_trigger_row
+// (read from the catalog: another C function's library is not loaded for this).
 bool is_bunce_trigger(Oid function) {
-    FmgrInfo f;
-    fmgr_info(function, &f);
-    return f.fn_addr == bunce_trigger_row;
+    HeapTuple tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(function));
+    if (!HeapTupleIsValid(tuple)) return false;
+    bool ours = false;
+    if (reinterpret_cast<Form_pg_proc>(GETSTRUCT(tuple))->prolang == ClanguageId) {
+        FmgrInfo f;
+        bool isnull;
+        const Datum prosrc = SysCacheGetAttr(PROCOID, tuple, Anum_pg_proc_prosrc, &isnull);
+        if (!isnull && strcmp(TextDatumGetCString(prosrc), "bunce_trigger_row") == 0) {
+            fmgr_info(function, &f);
+            ours = f.fn_addr == bunce_trigger_row;
+        }
+    }
+    ReleaseSysCache(tuple);
+    return ours;
 }
 
 [[noreturn]] void refuse_timing(const char *tgname, const char *table) {
