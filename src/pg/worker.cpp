@@ -312,7 +312,8 @@ void prepare_plans() {
     Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID};
     plan_delivered = prepare("DELETE FROM bunce.outbox WHERE id = ANY ($1)", 1, del_types);
     plan_delivered_logged = prepare(
-        "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[])) AS a(id, status)), "
+        "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[])) "
+        "           AS a(id, status)), "
         "d AS (DELETE FROM bunce.outbox o USING a WHERE o.id = a.id "
         "      RETURNING o.id, o.event_id, o.idempotency_key, a.status, o.attempts, o.enqueued_at) "
         "INSERT INTO bunce.deliveries (id, event_id, idempotency_key, http_status, attempts, enqueued_at) "
@@ -340,7 +341,9 @@ void prepare_plans() {
         "       next_attempt_at = pg_catalog.statement_timestamp() + a.delay_ms * interval '1 millisecond', "
         "       last_status = nullif(a.status, 0), last_error = a.message, "
         "       attempts = o.attempts - a.uncounted "
-        "FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), pg_catalog.unnest($5::integer[])) "
+        "FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), "
+        "                pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), "
+        "                pg_catalog.unnest($5::integer[])) "
         "     AS a(id, status, message, delay_ms, uncounted) "
         "WHERE o.id = a.id",
         5, retry_types);
@@ -576,7 +579,7 @@ constexpr int kClaimMarginMs = 30000;
 // counted and sent again, with the same Idempotency-Key.
 void release_claims(bool all) {
     char sql[512];
-    char older[128] = "";
+    char older[256] = "";
     if (!all)  // the requests this worker has in flight may outlast a lowered request_timeout
         snprintf(older, sizeof older,
                  "AND sending_since < pg_catalog.statement_timestamp() - interval '%d milliseconds' "
