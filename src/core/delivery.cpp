@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "timestamp.hpp"
+#include "utf8.hpp"
 
 namespace bunce {
 
@@ -73,25 +74,20 @@ std::string printable_text(std::string_view s, size_t max_chars) {
     size_t chars = 0;
     for (size_t i = 0; i < s.size() && chars < max_chars; chars++) {
         const unsigned char c = static_cast<unsigned char>(s[i]);
-        size_t n = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-        bool ok = n > 0 && i + n <= s.size();
-        uint32_t cp = n == 1 ? c : c & (0x7F >> n);
-        for (size_t k = 1; ok && k < n; k++) {
-            const unsigned char cc = static_cast<unsigned char>(s[i + k]);
-            ok = (cc & 0xC0) == 0x80;
-            cp = (cp << 6) | (cc & 0x3F);
-        }
-        static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-        ok = ok && cp >= min[n] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-        if (!ok) {
-            out += "\xEF\xBF\xBD";  // U+FFFD for a byte that is not UTF-8
-            i++;
-        } else if (cp < 0x20 && c != '\n' && c != '\t') {
+        if (c >= 0x80) {
+            const size_t start = i;
+            if (utf8_next(s, i) == 0) {
+                out += "\xEF\xBF\xBD";  // U+FFFD for a byte that is not UTF-8
+                i++;
+            } else {
+                out.append(s.substr(start, i - start));
+            }
+        } else if (c < 0x20 && c != '\n' && c != '\t') {
             out += ' ';  // control characters (NUL among them) would break a text column or a log line
             i++;
         } else {
-            out.append(s.substr(i, n));
-            i += n;
+            out += static_cast<char>(c);
+            i++;
         }
     }
     return out;

@@ -14,6 +14,7 @@
 #include "errors.hpp"
 #include "json_depth.hpp"
 #include "timestamp.hpp"
+#include "utf8.hpp"
 
 namespace bunce {
 
@@ -67,10 +68,12 @@ std::string_view token_text(std::string_view token, bool escaped, std::string &d
 
 // Normalises the payload in its JSON text: date-time strings into Bunce's form, everywhere
 // but in the customer object and the top-level "email" (identities, not times: a customer_id
-// may look like a date), and an integer customer.customer_id into a string. Working on the text rather than a parsed tree keeps every number exactly as written
-// (120.50 stays 120.50, large integers stay whole). The text must be valid JSON without NUL
-// bytes; returns nullopt when nothing changes. Throws InvalidPayload for a date-time that
-// Bunce's form cannot hold.
+// may look like a date), and an integer customer.customer_id into a string. Working on the
+// text rather than a parsed tree keeps every number exactly as written (120.50 stays 120.50,
+// large integers stay whole). The text must be valid JSON without NUL bytes; returns nullopt
+// when nothing changes. Throws InvalidPayload for a date-time Bunce's form cannot hold or a
+// number beyond double precision, InvalidJson for what jsonb cannot store or would write out
+// long.
 std::optional<std::string> normalise_text(std::string_view t) {
     struct Level {
         bool object;
@@ -219,23 +222,6 @@ void check_customer(const json &customer) {
             }
         }
     }
-}
-
-// The next code point of well-formed UTF-8 at e[i] (advancing i), or 0 if it is not.
-uint32_t utf8_next(std::string_view e, size_t &i) {
-    const unsigned char c = static_cast<unsigned char>(e[i]);
-    const int n = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 0;
-    if (n == 0 || i + n > e.size()) return 0;
-    uint32_t cp = c & (0x7F >> n);
-    for (int k = 1; k < n; k++) {
-        const unsigned char cc = static_cast<unsigned char>(e[i + k]);
-        if ((cc & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (cc & 0x3F);
-    }
-    static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    i += n;
-    return cp;
 }
 
 // Unicode's white space (Zs, line and paragraph separators, NEL) and the invisible format

@@ -18,8 +18,9 @@ struct PreparedPayload {
 constexpr size_t kMaxPayloadDepth = 32;
 
 // Validates a payload (a JSON object with "email" or a "customer" object, see bunce-api.md)
-// and normalises it: every date-time string with an offset becomes YYYY-MM-DDTHH:MM:SSZ in
-// UTC, a numeric customer_id becomes a string. Throws InvalidJson, InvalidPayload or
+// and normalises it: a date-time string with an offset becomes YYYY-MM-DDTHH:MM:SSZ in UTC
+// (but in "customer" and the top-level "email", which are never rewritten), an integer
+// customer_id becomes a string. Throws InvalidJson, InvalidPayload or
 // LimitExceeded.
 PreparedPayload prepare_payload(std::string_view json_text);
 
