@@ -774,6 +774,24 @@ void assign_roles(TriggerSetup *s) {
 
 void build_setup(TriggerSetup *s, const char *tgname, int nargs, char **args, Relation rel);
 
+// A trigger's mapping as arrays in the current memory context: the layout items (kind and
+// key) and each item's column name (fields only). False, with err filled in, when the
+// mapping cannot be used.
+bool parse_mapping_layout(const char *mapping, LayoutItem **items, char ***columns, int *n, CoreError &err) {
+    *n = 0;
+    return guarded(err, [&] {
+        std::vector<bunce::MappingItem> parsed = bunce::parse_mapping(mapping);
+        *items = static_cast<LayoutItem *>(palloc_extended(sizeof(LayoutItem) * parsed.size(), MCXT_ALLOC_NO_OOM));
+        *columns = static_cast<char **>(palloc_extended(sizeof(char *) * parsed.size(), MCXT_ALLOC_NO_OOM));
+        if (!*items || !*columns) throw std::bad_alloc();
+        for (const auto &p : parsed) {
+            (*items)[*n] = {p.kind, pstrdup_nothrow(p.key.data(), p.key.size()), -1, ROLE_NONE};
+            (*columns)[*n] = pstrdup_nothrow(p.column.data(), p.column.size());
+            (*n)++;
+        }
+    });
+}
+
 TriggerSetup *trigger_setup(TriggerData *td) {
     Trigger *tg = td->tg_trigger;
     Relation rel = td->tg_relation;
@@ -789,7 +807,8 @@ TriggerSetup *trigger_setup(TriggerData *td) {
     bool found;
     auto *s = static_cast<TriggerSetup *>(hash_search(setups, &tg->tgoid, HASH_ENTER, &found));
     if (found && s->valid) return s;
-    // A call further up may still use the old setup (see sweep_setups): then it is left be.
+    // Invalid: one whose building failed, or one sweep_setups() left because a call further up
+    // may still use it (then its memory is left be).
     if (found && triggers_running == 0) MemoryContextDelete(s->cxt);
     s->valid = false;
     s->cxt = AllocSetContextCreate(CacheMemoryContext, "bunce trigger setup", ALLOCSET_SMALL_SIZES);
@@ -835,24 +854,12 @@ void build_setup(TriggerSetup *s, const char *tgname, int nargs, char **args, Re
         }
     } else {
         CoreError err;
-        const char *mapping = args[1];
         int nitems = 0;
         LayoutItem *items = nullptr;
         char **columns = nullptr;
-        guarded(err, [&] {
-            std::vector<bunce::MappingItem> parsed = bunce::parse_mapping(mapping);
-            items = static_cast<LayoutItem *>(palloc_extended(sizeof(LayoutItem) * parsed.size(), MCXT_ALLOC_NO_OOM));
-            columns = static_cast<char **>(palloc_extended(sizeof(char *) * parsed.size(), MCXT_ALLOC_NO_OOM));
-            if (!items || !columns) throw std::bad_alloc();
-            for (const auto &p : parsed) {
-                items[nitems] = {p.kind, pstrdup_nothrow(p.key.data(), p.key.size()), -1, ROLE_NONE};
-                columns[nitems] = pstrdup_nothrow(p.column.data(), p.column.size());
-                nitems++;
-            }
-        });
+        const bool parsed = parse_mapping_layout(args[1], &items, &columns, &nitems, err);
         MemoryContextSwitchTo(old);
-        if (err.failed)
-            raise(err, psprintf("trigger \"%s\" on table \"%s\"", tgname, table));
+        if (!parsed) raise(err, psprintf("trigger \"%s\" on table \"%s\"", tgname, table));
         MemoryContextSwitchTo(s->cxt);
         s->items = items;
         s->columns = static_cast<Column *>(palloc(sizeof(Column) * nitems));
@@ -918,23 +925,15 @@ Problem append_date(StringInfo buf, DateADT date, Column *c, Datum d) {
 
 // Text that is a date-time with an offset is normalised like any payload string.
 Problem append_text(StringInfo buf, const char *text) {
-    const size_t len = strlen(text);
-    if (len >= 17 && len <= 44 && isdigit(static_cast<unsigned char>(text[0]))) {
-        bunce::TimestampText ts;
-        CoreError err;
-        if (guarded(err, [&] { ts = bunce::classify_timestamp(text); })) {
-            if (ts.kind == bunce::TimestampText::date_time) {
-                escape_json(buf, ts.utc.c_str());
-                return nullptr;
-            }
-            if (ts.kind == bunce::TimestampText::out_of_range) {
-                escape_json(buf, text);
-                return kOutOfRange;
-            }
-        }
+    bunce::TimestampText ts;
+    CoreError err;
+    if (guarded(err, [&] { ts = bunce::classify_timestamp(text); }) &&
+        ts.kind == bunce::TimestampText::date_time) {
+        escape_json(buf, ts.utc.c_str());
+        return nullptr;
     }
     escape_json(buf, text);
-    return nullptr;
+    return ts.kind == bunce::TimestampText::out_of_range ? kOutOfRange : nullptr;
 }
 
 // Appends a column's value. *text is set to its text when the item has a role.
@@ -1146,7 +1145,7 @@ void check_create_trigger(CreateTrigStmt *stmt) {
     table_close(rel, NoLock);
 }
 
-// After ALTER TABLE ... RENAME COLUMN, DROP COLUMN or ALTER COLUMN TYPE: a bunce trigger whose
+// After ALTER TABLE ... RENAME COLUMN or DROP COLUMN: a bunce trigger whose
 // mapping names a column that is gone would refuse every row from now on. The ALTER goes
 // through (the mapping is text, not a dependency), with a WARNING naming the trigger.
 void warn_broken_mappings(Node *stmt) {
@@ -1170,26 +1169,16 @@ void warn_broken_mappings(Node *stmt) {
         const Trigger *tg = &triggers->triggers[t];
         if (tg->tgnargs != 2 || !is_bunce_trigger(tg->tgfoid)) continue;
         CoreError err;
-        int ncolumns = 0;
-        char **columns = nullptr, **keys = nullptr;
-        const char *mapping = tg->tgargs[1];
-        if (!guarded(err, [&] {
-                std::vector<bunce::MappingItem> parsed = bunce::parse_mapping(mapping);
-                columns = static_cast<char **>(palloc_extended(sizeof(char *) * (parsed.size() + 1), MCXT_ALLOC_NO_OOM));
-                keys = static_cast<char **>(palloc_extended(sizeof(char *) * (parsed.size() + 1), MCXT_ALLOC_NO_OOM));
-                if (!columns || !keys) throw std::bad_alloc();
-                for (const auto &p : parsed) {
-                    if (p.kind != bunce::MappingItem::field) continue;
-                    keys[ncolumns] = pstrdup_nothrow(p.key.data(), p.key.size());
-                    columns[ncolumns++] = pstrdup_nothrow(p.column.data(), p.column.size());
-                }
-            }))
-            continue;  // a mapping that does not parse was refused at CREATE TRIGGER
-        for (int c = 0; c < ncolumns; c++)
-            if (get_attnum(relid, columns[c]) == InvalidAttrNumber)
+        int nitems = 0;
+        LayoutItem *items = nullptr;
+        char **columns = nullptr;
+        // a mapping that does not parse was refused at CREATE TRIGGER
+        if (!parse_mapping_layout(tg->tgargs[1], &items, &columns, &nitems, err)) continue;
+        for (int i = 0; i < nitems; i++)
+            if (items[i].kind == bunce::MappingItem::field && get_attnum(relid, columns[i]) == InvalidAttrNumber)
                 ereport(WARNING, (errcode(ERRCODE_UNDEFINED_COLUMN),
                                   errmsg("trigger \"%s\" on table \"%s\": mapping key \"%s\" names column \"%s\", which no longer exists",
-                                         tg->tgname, RelationGetRelationName(rel), keys[c], columns[c]),
+                                         tg->tgname, RelationGetRelationName(rel), items[i].key, columns[i]),
                                   errhint("Until the mapping is fixed (CREATE OR REPLACE TRIGGER), the trigger refuses every row.")));
     }
     table_close(rel, AccessShareLock);

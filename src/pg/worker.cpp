@@ -590,7 +590,7 @@ void release_claims(bool all) {
              "next_attempt_at = least(next_attempt_at, pg_catalog.statement_timestamp()) "
              "WHERE sending_since IS NOT NULL %sRETURNING 1) SELECT pg_catalog.count(*) FROM r",
              older);
-    Datum held = in_flight_ids();
+    Datum held = all ? static_cast<Datum>(0) : in_flight_ids();
     Oid types[] = {INT8ARRAYOID};
     if (SPI_execute_with_args(sql, all ? 0 : 1, types, &held, nullptr, false, 0) != SPI_OK_SELECT)
         elog(ERROR, "bunce worker: could not release claims");
