@@ -27,38 +27,35 @@ ONLY=${ONLY:-}
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 PROVE_TESTS=${PROVE_TESTS:-test/t/*.pl}
 
+# run_ctest NAME LOG BUILD_DIR [cmake options]: builds the core's unit tests in BUILD_DIR and
+# runs them with ctest, recording NAME; on failure shows what LOG says failed.
+run_ctest() {
+    local name=$1 log=$2 dir=$3
+    shift 3
+    if cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >"$log.build" 2>&1 &&
+       make -C "$dir" -j2 >>"$log.build" 2>&1; then
+        (cd "$dir" && ctest --output-on-failure) >"$log" 2>&1
+        total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\)/\2/p' "$log")
+        bad=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of .*/\1/p' "$log")
+        record "$name" "$(( ${total:-0} - ${bad:-0} ))" "${bad:-1}"
+        [ "${bad:-1}" = 0 ] || grep -E "Failed|FAILED|ERROR: AddressSanitizer|runtime error" "$log" | head -20
+    else
+        tail -30 "$log.build"
+        record "$name (build)" 0 1
+    fi
+}
+
 if want unit; then
 echo "== unit tests (GoogleTest)"
-if cmake -S . -B "$LOGDIR/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$LOGDIR/cmake.log" 2>&1 &&
-   make -C "$LOGDIR/build" -j2 >>"$LOGDIR/cmake.log" 2>&1; then
-    (cd "$LOGDIR/build" && ctest --output-on-failure) >"$LOGDIR/unit.log" 2>&1
-    total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\)/\2/p' "$LOGDIR/unit.log")
-    bad=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of .*/\1/p' "$LOGDIR/unit.log")
-    record "unit" "$(( ${total:-0} - ${bad:-0} ))" "${bad:-1}"
-    [ "${bad:-1}" = 0 ] || grep -E "Failed|FAILED" "$LOGDIR/unit.log" | head -20
-else
-    tail -30 "$LOGDIR/cmake.log"
-    record "unit (build)" 0 1
-fi
+run_ctest "unit" "$LOGDIR/unit.log" "$LOGDIR/build"
 fi
 
 # The unit tests again, built with AddressSanitizer + UndefinedBehaviorSanitizer: a report
 # aborts the test binary, so ctest counts that test as failed.
 if want sanitize; then
 echo "== unit tests under ASan + UBSan"
-if CXX=clang++-14 cmake -S . -B "$LOGDIR/build-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-       -DBUNCE_SANITIZE=ON >"$LOGDIR/sanitize-build.log" 2>&1 &&
-   make -C "$LOGDIR/build-sanitize" -j2 >>"$LOGDIR/sanitize-build.log" 2>&1; then
-    (cd "$LOGDIR/build-sanitize" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        ctest --output-on-failure) >"$LOGDIR/sanitize.log" 2>&1
-    total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\)/\2/p' "$LOGDIR/sanitize.log")
-    bad=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of .*/\1/p' "$LOGDIR/sanitize.log")
-    record "sanitize (ASan+UBSan)" "$(( ${total:-0} - ${bad:-0} ))" "${bad:-1}"
-    [ "${bad:-1}" = 0 ] || grep -E "Failed|FAILED|ERROR: AddressSanitizer|runtime error" "$LOGDIR/sanitize.log" | head -20
-else
-    tail -30 "$LOGDIR/sanitize-build.log"
-    record "sanitize (build)" 0 1
-fi
+CXX=clang++-14 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    run_ctest "sanitize (ASan+UBSan)" "$LOGDIR/sanitize.log" "$LOGDIR/build-sanitize" -DBUNCE_SANITIZE=ON
 fi
 
 # libFuzzer on the core's entry points, FUZZ_SECONDS each (test/fuzz/run.sh).
