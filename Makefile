@@ -1,4 +1,14 @@
 # bunce — PGXS build of record: make, make install, make installcheck.
+# WERROR=1 turns warnings into errors (CI builds so).
+PG_CONFIG ?= pg_config
+
+# bunce builds for PostgreSQL 15: it calls 15's executor and table AM functions
+# (ExecInsertIndexTuples with 7 arguments, table_multi_insert) and its shmem_request_hook.
+PG_MAJOR := $(shell $(PG_CONFIG) --version | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')
+ifneq ($(PG_MAJOR),15)
+$(error bunce builds for PostgreSQL 15, but $(PG_CONFIG) is PostgreSQL $(PG_MAJOR); set PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config)
+endif
+
 EXTENSION = bunce
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" bunce.control)
 
@@ -7,7 +17,13 @@ OBJS = $(patsubst %.cpp,%.o,$(wildcard src/pg/*.cpp src/core/*.cpp))
 DATA = $(wildcard extension/bunce--*.sql)
 
 PG_CPPFLAGS = -isystem $(shell $(PG_CONFIG) --includedir-server) -Isrc/core -DBUNCE_VERSION='"$(EXTVERSION)"'
-PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initializers -fno-omit-frame-pointer
+# The C++ flags, read by CMakeLists.txt too, so that the unit tests build the core as it ships
+# (PGXS adds PostgreSQL's own: -O2 -fno-strict-aliasing -fwrapv, repeated here for CMake).
+BUNCE_CXXFLAGS = -std=c++17 -O2 -fno-strict-aliasing -fwrapv -fno-omit-frame-pointer -Wall -Wextra -Wno-register -Wno-missing-field-initializers
+PG_CXXFLAGS = $(BUNCE_CXXFLAGS)
+ifeq ($(WERROR),1)
+PG_CXXFLAGS += -Werror
+endif
 SHLIB_LINK = -lcurl -lstdc++
 
 # pg_regress: the SQL surface, on a throwaway server of its own.
@@ -24,7 +40,6 @@ PROVE_FLAGS = -I test/t
 
 EXTRA_CLEAN = tmp_check_regress tmp_check_iso output_iso
 
-PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 

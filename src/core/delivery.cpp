@@ -38,9 +38,7 @@ Envelope read_envelope(std::string_view body) {
     return env;
 }
 
-bool is_port(std::string_view s) {
-    return s.size() <= 5 && s.find_first_not_of("0123456789") == s.npos;
-}
+bool is_port(std::string_view s) { return s.size() <= 5 && s.find_first_not_of("0123456789") == s.npos; }
 
 // host[:port] of a plain http URL names this machine: "localhost", or an IP address literal
 // in 127.0.0.0/8 or ::1, parsed as an address (so "127.0.0.1.example.com" is not one).
@@ -59,13 +57,11 @@ bool is_loopback_authority(std::string_view authority) {
         host = std::string(authority.substr(0, colon));
         rest = colon == authority.npos ? std::string_view() : authority.substr(colon);
         in_addr a4;
-        if (host != "localhost" &&
-            (inet_pton(AF_INET, host.c_str(), &a4) != 1 || (ntohl(a4.s_addr) >> 24) != 127))
+        if (host != "localhost" && (inet_pton(AF_INET, host.c_str(), &a4) != 1 || (ntohl(a4.s_addr) >> 24) != 127))
             return false;
     }
     return rest.empty() || (rest.front() == ':' && is_port(rest.substr(1)));
 }
-
 
 }  // namespace
 
@@ -95,8 +91,7 @@ std::string printable_text(std::string_view s, size_t max_chars) {
 
 Verdict classify(long status, std::string_view body, std::string_view transport_error) {
     if (status == 0)
-        return {Outcome::retry, transport_error.empty() ? std::string("no answer")
-                                                        : std::string(transport_error)};
+        return {Outcome::retry, transport_error.empty() ? std::string("no answer") : std::string(transport_error)};
     Envelope env = read_envelope(body);
     std::string message = env.message.empty() ? "HTTP " + std::to_string(status) : env.message;
     message = printable_text(message, 500);
@@ -108,15 +103,11 @@ Verdict classify(long status, std::string_view body, std::string_view transport_
         case 400:
         case 404:
         case 413:
-        case 422:
-            return {Outcome::rejected, message};
+        case 422: return {Outcome::rejected, message};
         case 401:
-        case 403:
-            return {Outcome::unauthorized, message};
-        case 429:
-            return {Outcome::rate_limited, message};
-        default:
-            return {Outcome::retry, message};
+        case 403: return {Outcome::unauthorized, message};
+        case 429: return {Outcome::rate_limited, message};
+        default: return {Outcome::retry, message};
     }
 }
 
@@ -136,15 +127,13 @@ std::optional<int64_t> parse_retry_after(std::string_view v, int64_t now, int64_
         char mon[4] = {0};
         int day, year, h, m, s;
         std::string text(v);
-        if (std::sscanf(text.c_str(), "%*3s, %2d %3s %4d %2d:%2d:%2d GMT", &day, mon, &year, &h,
-                        &m, &s) != 6)
+        if (std::sscanf(text.c_str(), "%*3s, %2d %3s %4d %2d:%2d:%2d GMT", &day, mon, &year, &h, &m, &s) != 6)
             return std::nullopt;
         int month = 0;
         for (int i = 0; i < 12; i++)
             if (std::strcmp(mon, months[i]) == 0) month = i + 1;
         if (month == 0 || day < 1 || day > 31 || h > 23 || m > 59 || s > 60) return std::nullopt;
-        const int64_t at = days_from_civil(year, static_cast<unsigned>(month),
-                                           static_cast<unsigned>(day)) * 86400 +
+        const int64_t at = days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day)) * 86400 +
                            h * 3600 + m * 60 + s;
         wait = at - now;
     }

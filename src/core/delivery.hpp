@@ -30,8 +30,7 @@ Verdict classify(long status, std::string_view body, std::string_view transport_
 
 // Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), at least 1,
 // at most max_seconds; empty when the header is missing or unreadable.
-std::optional<int64_t> parse_retry_after(std::string_view value, int64_t now_epoch_seconds,
-                                         int64_t max_seconds = 3600);
+std::optional<int64_t> parse_retry_after(std::string_view value, int64_t now_epoch_seconds, int64_t max_seconds = 3600);
 
 // Delay before attempt number `attempts + 1` after `attempts` failed ones: full jitter,
 // a uniformly random value in [base/2, min(cap, base * 2^(attempts-1))]. `random` is any

@@ -9,8 +9,7 @@ namespace bunce {
 
 class ErrorWithHint : public std::runtime_error {
 public:
-    ErrorWithHint(const std::string &message, std::string hint)
-        : std::runtime_error(message), hint_(std::move(hint)) {}
+    ErrorWithHint(const std::string &message, std::string hint) : std::runtime_error(message), hint_(std::move(hint)) {}
     const std::string &hint() const { return hint_; }
 
 private:
@@ -32,8 +31,7 @@ public:
 // Text that is not JSON, or JSON that PostgreSQL cannot store (SQLSTATE 22P02).
 class InvalidJson : public ErrorWithHint {
 public:
-    explicit InvalidJson(const std::string &message,
-                         std::string hint = "Pass the payload as a jsonb object.")
+    explicit InvalidJson(const std::string &message, std::string hint = "Pass the payload as a jsonb object.")
         : ErrorWithHint(message, std::move(hint)) {}
 };
 

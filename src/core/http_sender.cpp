@@ -14,8 +14,7 @@
 namespace bunce {
 
 int64_t monotonic_us() {
-    return std::chrono::duration_cast<std::chrono::microseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
         .count();
 }
 
@@ -66,8 +65,7 @@ struct HttpSender::Transfer {
 namespace {
 struct CurlGlobal {
     CurlGlobal() {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-            throw std::runtime_error("could not initialise libcurl");
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) throw std::runtime_error("could not initialise libcurl");
     }
 };
 }  // namespace
@@ -163,8 +161,7 @@ void HttpSender::submit(HttpRequest request) {
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
     curl_easy_setopt(e, CURLOPT_PRIVATE, t.get());
 
-    if (curl_multi_add_handle(multi_, e) != CURLM_OK)
-        throw std::runtime_error("could not start a request");
+    if (curl_multi_add_handle(multi_, e) != CURLM_OK) throw std::runtime_error("could not start a request");
     running_.insert(t.release());  // owned through running_ until collect() takes it back
     in_flight_++;
 }
@@ -180,8 +177,7 @@ int HttpSender::socket_cb(void *, int fd, int what, void *self, void *) noexcept
                 (what == CURL_POLL_OUT || what == CURL_POLL_INOUT ? uint32_t{EPOLLOUT} : 0u);
     ev.data.fd = fd;
     // Only ENOMEM could make both fail; the transfer then ends at its timeout and is retried.
-    if (epoll_ctl(s->epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0)
-        epoll_ctl(s->epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    if (epoll_ctl(s->epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0) epoll_ctl(s->epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
     return 0;
 }
 
@@ -202,8 +198,8 @@ void HttpSender::on_ready() {
     const int n = epoll_wait(epoll_fd_, events, 256, 0);
     for (int i = 0; i < n; i++) {
         const uint32_t e = events[i].events;
-        const int mask = (e & (EPOLLIN | EPOLLHUP) ? CURL_CSELECT_IN : 0) |
-                         (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) | (e & EPOLLERR ? CURL_CSELECT_ERR : 0);
+        const int mask = (e & (EPOLLIN | EPOLLHUP) ? CURL_CSELECT_IN : 0) | (e & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                         (e & EPOLLERR ? CURL_CSELECT_ERR : 0);
         int running = 0;
         curl_multi_socket_action(multi_, events[i].data.fd, mask, &running);
     }

@@ -22,7 +22,7 @@ struct HttpRequest {
 
 struct HttpAnswer {
     int64_t id;
-    long status;             // 0: no HTTP answer (see error)
+    long status;  // 0: no HTTP answer (see error)
     std::string body;
     std::string retry_after;  // the Retry-After header, if any
     std::string error;        // transport error (timeout, refused, dropped), if any
@@ -77,7 +77,7 @@ private:
     int epoll_fd_;
     int64_t deadline_us_ = -1;  // monotonic time of libcurl's next timeout
     size_t in_flight_ = 0;
-    std::unordered_set<Transfer *> running_;        // owned, in the multi handle
+    std::unordered_set<Transfer *> running_;       // owned, in the multi handle
     std::vector<std::unique_ptr<Transfer>> idle_;  // finished transfers, handles kept for reuse
     std::vector<HttpAnswer> answers_;
 };

@@ -14,8 +14,10 @@ inline size_t json_depth(std::string_view text, size_t limit) {
     for (size_t i = 0; i < text.size(); i++) {
         const char c = text[i];
         if (in_string) {
-            if (c == '\\') i++;
-            else if (c == '"') in_string = false;
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
         } else if (c == '"') {
             in_string = true;
         } else if (c == '{' || c == '[') {

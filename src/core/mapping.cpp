@@ -13,8 +13,7 @@ const char *kHint =
     "The mapping is a JSON object from payload keys to column names, with nested objects "
     "for \"customer\", e.g. '{\"email\": \"customer_email\", \"amount\": \"total\"}'.";
 
-void flatten(const nlohmann::json &object, const std::string &where,
-             std::vector<MappingItem> &out) {
+void flatten(const nlohmann::json &object, const std::string &where, std::vector<MappingItem> &out) {
     if (object.empty()) throw InvalidMapping("mapping " + where + " is empty", kHint);
     for (auto it = object.begin(); it != object.end(); ++it) {
         if (it->is_string()) {
@@ -26,8 +25,7 @@ void flatten(const nlohmann::json &object, const std::string &where,
             flatten(*it, "object \"" + it.key() + "\"", out);
             out.push_back({MappingItem::end_object, {}, {}});
         } else {
-            throw InvalidMapping("mapping key \"" + it.key() +
-                                     "\" must name a column (a string) or be an object",
+            throw InvalidMapping("mapping key \"" + it.key() + "\" must name a column (a string) or be an object",
                                  kHint);
         }
     }
@@ -37,8 +35,7 @@ void flatten(const nlohmann::json &object, const std::string &where,
 
 std::vector<MappingItem> parse_mapping(std::string_view text) {
     if (json_depth(text, kMaxMappingDepth) > kMaxMappingDepth)
-        throw InvalidMapping("mapping is nested deeper than " + std::to_string(kMaxMappingDepth) + " levels",
-                             kHint);
+        throw InvalidMapping("mapping is nested deeper than " + std::to_string(kMaxMappingDepth) + " levels", kHint);
     auto mapping = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (mapping.is_discarded()) throw InvalidMapping("mapping is not valid JSON", kHint);
     if (!mapping.is_object()) throw InvalidMapping("mapping must be a JSON object", kHint);

@@ -105,7 +105,7 @@ std::optional<std::string> normalise_text(std::string_view t) {
             Level *level = levels.empty() ? nullptr : &levels.back();
             if (text.find('\0') != std::string_view::npos)  // escaped as \u0000: jsonb refuses it
                 throw InvalidJson("payload field \"" + (levels.empty() ? std::string() : levels[0].key) +
-                                  "\" holds a NUL character (\\u0000), which PostgreSQL cannot store",
+                                      "\" holds a NUL character (\\u0000), which PostgreSQL cannot store",
                                   "Remove the NUL character from the value.");
             if (level && level->object && level->expect_key) {
                 level->key.assign(text);
@@ -114,8 +114,10 @@ std::optional<std::string> normalise_text(std::string_view t) {
                        !(levels.size() == 1 && level->key == "email")) {
                 TimestampText ts = classify_timestamp(text);
                 if (ts.kind == TimestampText::out_of_range)
-                    refuse("payload field \"" + levels[0].key + "\" holds a date-time outside the years 0001 to 9999 (UTC)",
-                           "Bunce takes timestamps only as YYYY-MM-DDTHH:MM:SSZ and drops any other form; correct the value.");
+                    refuse(
+                        "payload field \"" + levels[0].key +
+                            "\" holds a date-time outside the years 0001 to 9999 (UTC)",
+                        "Bunce takes timestamps only as YYYY-MM-DDTHH:MM:SSZ and drops any other form; correct the value.");
                 if (ts.kind == TimestampText::date_time && (escaped || ts.utc != text))
                     replace(i, end + 1, '"' + ts.utc + '"');
             }
@@ -134,7 +136,7 @@ std::optional<std::string> normalise_text(std::string_view t) {
             // jsonb writes numbers out in full: 0e-16383 would become 16,385 characters.
             if (written_out_length(number) > kMaxNumberChars)
                 throw InvalidJson("payload field \"" + field + "\" holds a number of more than " +
-                                  std::to_string(kMaxNumberChars) + " characters when written out",
+                                      std::to_string(kMaxNumberChars) + " characters when written out",
                                   "Bunce reads numbers as double precision; send such a value as a string.");
             if (levels.size() == 2 && levels[0].key == "customer" && levels[1].object &&
                 levels[1].key == "customer_id") {
@@ -146,9 +148,12 @@ std::optional<std::string> normalise_text(std::string_view t) {
             i = end;
             continue;
         }
-        if (c == '{' || c == '[') levels.push_back({c == '{', c == '{', {}});
-        else if ((c == '}' || c == ']') && !levels.empty()) levels.pop_back();
-        else if (c == ',' && !levels.empty() && levels.back().object) levels.back().expect_key = true;
+        if (c == '{' || c == '[')
+            levels.push_back({c == '{', c == '{', {}});
+        else if ((c == '}' || c == ']') && !levels.empty())
+            levels.pop_back();
+        else if (c == ',' && !levels.empty() && levels.back().object)
+            levels.back().expect_key = true;
         i++;
     }
     if (copied == 0) return std::nullopt;
@@ -163,13 +168,14 @@ void check_email_text(std::string_view email, const char *field) {
 }
 
 void check_email(const json &v, const char *field) {
-    if (!v.is_string())
-        refuse(std::string("payload field \"") + field + "\" must be a string", kShapeHint);
+    if (!v.is_string()) refuse(std::string("payload field \"") + field + "\" must be a string", kShapeHint);
     check_email_text(v.get_ref<const std::string &>(), field);
 }
 
 [[noreturn]] void refuse_empty_customer_id() { refuse("payload field \"customer.customer_id\" must not be empty"); }
-[[noreturn]] void refuse_customer_without_id() { refuse("payload field \"customer\" needs \"customer_id\" or \"email\""); }
+[[noreturn]] void refuse_customer_without_id() {
+    refuse("payload field \"customer\" needs \"customer_id\" or \"email\"");
+}
 [[noreturn]] void refuse_no_recipient() { refuse("payload needs \"email\" or \"customer\""); }
 
 void check_optional_string(const json &customer, const char *key) {
@@ -199,7 +205,8 @@ void check_customer(const json &customer) {
         }
     }
     auto email = customer.find("email");
-    if (email != customer.end() && !email->is_null()) check_email(*email, "customer.email");
+    if (email != customer.end() && !email->is_null())
+        check_email(*email, "customer.email");
     else if (!has_id)
         refuse_customer_without_id();
     check_optional_string(customer, "first_name");
@@ -208,11 +215,9 @@ void check_customer(const json &customer) {
     auto devices = customer.find("devices");
     if (devices != customer.end() && !devices->is_null()) {
         const char *hint = "Use [{\"device_type\": \"ios\", \"device_token\": \"...\"}].";
-        if (!devices->is_array())
-            refuse("payload field \"customer.devices\" must be an array", hint);
+        if (!devices->is_array()) refuse("payload field \"customer.devices\" must be an array", hint);
         for (const auto &d : *devices) {
-            if (!d.is_object())
-                refuse("payload field \"customer.devices\" must hold objects", hint);
+            if (!d.is_object()) refuse("payload field \"customer.devices\" must hold objects", hint);
             for (const char *key : {"device_type", "device_token"}) {
                 auto f = d.find(key);
                 if (f == d.end() || !f->is_string())
@@ -227,9 +232,9 @@ void check_customer(const json &customer) {
 // Unicode's white space (Zs, line and paragraph separators, NEL) and the invisible format
 // characters that make two addresses look alike.
 bool is_unicode_space(uint32_t cp) {
-    return cp == 0x85 || cp == 0xA0 || cp == 0xAD || cp == 0x1680 || cp == 0x180E ||
-           (cp >= 0x2000 && cp <= 0x200F) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-           cp == 0x205F || cp == 0x2060 || cp == 0x3000 || cp == 0xFEFF || (cp >= 0x80 && cp < 0xA0);
+    return cp == 0x85 || cp == 0xA0 || cp == 0xAD || cp == 0x1680 || cp == 0x180E || (cp >= 0x2000 && cp <= 0x200F) ||
+           cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x2060 || cp == 0x3000 ||
+           cp == 0xFEFF || (cp >= 0x80 && cp < 0xA0);
 }
 
 }  // namespace
@@ -237,8 +242,7 @@ bool is_unicode_space(uint32_t cp) {
 bool is_valid_email(std::string_view e) {
     if (e.size() < 3 || e.size() > 254) return false;
     const auto at = e.find('@');
-    if (at == std::string_view::npos || at == 0 || at > 64 || e.find('@', at + 1) != e.npos)
-        return false;
+    if (at == std::string_view::npos || at == 0 || at > 64 || e.find('@', at + 1) != e.npos) return false;
     const auto domain = e.substr(at + 1);
     const auto dot = domain.rfind('.');
     if (dot == std::string_view::npos || dot == 0 || dot + 1 >= domain.size()) return false;
@@ -246,8 +250,8 @@ bool is_valid_email(std::string_view e) {
     for (size_t i = 0; i < e.size();) {
         const unsigned char c = static_cast<unsigned char>(e[i]);
         if (c < 0x80) {
-            if (c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' ||
-                c == ';' || c == '\\' || c == '"')
+            if (c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' || c == ';' ||
+                c == '\\' || c == '"')
                 return false;
             i++;
             continue;
@@ -264,8 +268,10 @@ void check_fields(const PayloadFields &f) {
     if (f.email) check_email_text(f.email, "email");
     if (f.has_customer) {
         if (f.customer_id && !*f.customer_id) refuse_empty_customer_id();
-        if (f.customer_email) check_email_text(f.customer_email, "customer.email");
-        else if (!f.customer_id) refuse_customer_without_id();
+        if (f.customer_email)
+            check_email_text(f.customer_email, "customer.email");
+        else if (!f.customer_id)
+            refuse_customer_without_id();
     } else if (!f.email) {
         refuse_no_recipient();
     }
@@ -275,27 +281,29 @@ PreparedPayload prepare_payload(std::string_view text) {
     // The parser would stop at a NUL byte and take what came before it for the whole text.
     if (text.find('\0') != std::string_view::npos) throw InvalidJson("payload is not valid JSON");
     if (json_depth(text, kMaxPayloadDepth) > kMaxPayloadDepth)
-        throw LimitExceeded("payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
-                            "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");
+        throw LimitExceeded(
+            "payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
+            "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");
     json payload;
     try {
         payload = json::parse(text);
     } catch (const json::out_of_range &) {  // valid JSON, but a number beyond double precision
-        normalise_text(text);  // names the field
+        normalise_text(text);               // names the field
         refuse("payload holds a number too large for Bunce",
                "Numbers must fit in double precision (about 1.8e308); send larger ones as strings.");
     } catch (const json::exception &) {
         throw InvalidJson("payload is not valid JSON");
     }
-    if (!payload.is_object())
-        refuse(std::string("payload must be a JSON object, not ") + payload.type_name());
+    if (!payload.is_object()) refuse(std::string("payload must be a JSON object, not ") + payload.type_name());
 
     auto email = payload.find("email");
     const bool has_email = email != payload.end() && !email->is_null();
     if (has_email) check_email(*email, "email");
     auto customer = payload.find("customer");
-    if (customer != payload.end() && !customer->is_null()) check_customer(*customer);
-    else if (!has_email) refuse_no_recipient();
+    if (customer != payload.end() && !customer->is_null())
+        check_customer(*customer);
+    else if (!has_email)
+        refuse_no_recipient();
 
     if (auto normalised = normalise_text(text)) return {true, std::move(*normalised)};
     return {false, std::string()};

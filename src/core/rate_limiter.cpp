@@ -10,8 +10,7 @@ void RateLimiter::set_limit(int per_minute) {
     spacing_us_ = limit_ > 0 ? kWindowUs / limit_ : 0;
     // Keep the history we have, newest first, so a change of limit cannot open a burst.
     std::vector<int64_t> history;
-    for (size_t i = 0; i < sent_.size(); i++)
-        history.push_back(sent_[(next_ + sent_.size() - 1 - i) % sent_.size()]);
+    for (size_t i = 0; i < sent_.size(); i++) history.push_back(sent_[(next_ + sent_.size() - 1 - i) % sent_.size()]);
     sent_.assign(static_cast<size_t>(limit_), INT64_MIN / 2);
     next_ = 0;
     for (size_t i = std::min(history.size(), sent_.size()); i-- > 0;) {
@@ -34,8 +33,7 @@ void RateLimiter::record(int64_t now) {
 }
 
 int RateLimiter::sent_last_minute(int64_t now) const {
-    return static_cast<int>(std::count_if(sent_.begin(), sent_.end(),
-                                          [&](int64_t t) { return t > now - 60'000'000; }));
+    return static_cast<int>(std::count_if(sent_.begin(), sent_.end(), [&](int64_t t) { return t > now - 60'000'000; }));
 }
 
 }  // namespace bunce

@@ -57,8 +57,7 @@ std::optional<std::string> format_utc(int64_t t) {
     if (y < 1 || y > 9999) return std::nullopt;
     char buf[32];
     std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02dZ", static_cast<int>(y), m, d,
-                  static_cast<int>(secs / 3600), static_cast<int>(secs / 60 % 60),
-                  static_cast<int>(secs % 60));
+                  static_cast<int>(secs / 3600), static_cast<int>(secs / 60 % 60), static_cast<int>(secs % 60));
     return std::string(buf);
 }
 
@@ -69,8 +68,7 @@ TimestampText classify_timestamp(std::string_view s) {
     // Years past 9999 (PostgreSQL's go to 294276) have more digits: a date-time all the same.
     size_t y = 0;
     while (y < s.size() && y < 7 && s[y] >= '0' && s[y] <= '9') y++;
-    if (y < 4 || y > 6 || (y > 4 && s[0] == '0') || y + 13 > s.size() || s[y] != '-' || s[y + 3] != '-')
-        return other;
+    if (y < 4 || y > 6 || (y > 4 && s[0] == '0') || y + 13 > s.size() || s[y] != '-' || s[y + 3] != '-') return other;
     const size_t extra = y - 4;
     int year = 0, month, day, hour, minute, second = 0;
     for (size_t i = 0; i < y; i++) year = year * 10 + (s[i] - '0');
@@ -122,8 +120,7 @@ TimestampText classify_timestamp(std::string_view s) {
         return other;
     // 24:00:00 is the end of the day (ISO 8601); nothing later than that. Second 60 is a leap
     // second, as PostgreSQL reads it: the first second of the next minute.
-    if (hour == 24 ? (minute != 0 || second != 0 || fraction) : (hour > 23 || minute > 59 || second > 60))
-        return other;
+    if (hour == 24 ? (minute != 0 || second != 0 || fraction) : (hour > 23 || minute > 59 || second > 60)) return other;
 
     const int64_t t = days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day)) * 86400 +
                       hour * 3600 + minute * 60 + second - offset;

@@ -1,17 +1,17 @@
-// Module entry: settings, shared memory, the worker, and the two SQL functions that read and
-// poke the worker's shared state.
+// Module entry: _PG_init (settings, commit hooks, shared memory, the worker) and
+// bunce.worker_state(), the row behind bunce.status.
 #include <cstring>
 
-#include "bunce_pg.hpp"
+#include "commit_wake.hpp"
+#include "settings.hpp"
+#include "shmem.hpp"
+#include "worker.hpp"
 
 extern "C" {
 #include "access/xlog.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/ipc.h"
-#include "storage/lwlock.h"
-#include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -23,33 +23,7 @@ PG_FUNCTION_INFO_V1(bunce_worker_state);
 }
 
 namespace bunce_pg {
-
-Shared *shared = nullptr;
-
 namespace {
-
-shmem_request_hook_type prev_shmem_request_hook = nullptr;
-shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
-
-void shmem_request() {
-    if (prev_shmem_request_hook) prev_shmem_request_hook();
-    RequestAddinShmemSpace(MAXALIGN(sizeof(Shared)));
-}
-
-void shmem_startup() {
-    if (prev_shmem_startup_hook) prev_shmem_startup_hook();
-    LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-    bool found;
-    shared = static_cast<Shared *>(ShmemInitStruct("bunce", sizeof(Shared), &found));
-    if (!found) {
-        memset(shared, 0, sizeof(Shared));
-        SpinLockInit(&shared->mutex);
-        pg_atomic_init_u64(&shared->committed, 0);
-        pg_atomic_init_u32(&shared->work_signalled, 0);
-        shared->state = WORKER_STOPPED;
-    }
-    LWLockRelease(AddinShmemInitLock);
-}
 
 const char *state_name(WorkerState s) {
     switch (s) {
@@ -63,39 +37,63 @@ const char *state_name(WorkerState s) {
     return "unknown";
 }
 
+// The columns of bunce.worker_state(), in the order of its OUT parameters.
+enum StatusColumn {
+    STATUS_STATE,
+    STATUS_PID,
+    STATUS_PAUSED_REASON,
+    STATUS_PAUSED_UNTIL,
+    STATUS_QUEUED,
+    STATUS_IN_FLIGHT,
+    STATUS_WAITING_RETRY,
+    STATUS_DELIVERED,
+    STATUS_FAILED,
+    STATUS_POSSIBLY_DUPLICATED,
+    STATUS_DELIVERED_LAST_HOUR,
+    STATUS_FAILED_LAST_HOUR,
+    STATUS_REQUESTS_LAST_MINUTE,
+    STATUS_LAST_SUCCESS_AT,
+    STATUS_LAST_ERROR_STATUS,
+    STATUS_LAST_ERROR,
+    STATUS_LAST_ERROR_AT,
+    STATUS_STARTED_AT,
+    STATUS_NATTS
+};
+
 }  // namespace
-
 }  // namespace bunce_pg
-
-using namespace bunce_pg;
 
 void _PG_init(void) {
     if (IsBinaryUpgrade) return;
-    define_gucs();
-    register_xact_callbacks();
+    bunce_pg::define_gucs();
+    bunce_pg::register_commit_hooks();
     if (!process_shared_preload_libraries_in_progress) return;  // no worker, enqueue only
-    prev_shmem_request_hook = shmem_request_hook;
-    shmem_request_hook = shmem_request;
-    prev_shmem_startup_hook = shmem_startup_hook;
-    shmem_startup_hook = shmem_startup;
-    register_worker();
+    bunce_pg::install_shmem_hooks();
+    bunce_pg::register_worker();
 }
 
 // One row of worker state for bunce.status. Without shared_preload_libraries there is no
 // worker: the row says so instead of failing, so that the view always answers.
 Datum bunce_worker_state(PG_FUNCTION_ARGS) {
+    using namespace bunce_pg;
     TupleDesc tupdesc;
     if (get_call_result_type(fcinfo, nullptr, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
-    constexpr int natts = 18;
-    Datum values[natts];
-    bool nulls[natts];
+    if (tupdesc->natts != STATUS_NATTS)
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("bunce.worker_state() does not match the loaded bunce library"),
+                        errhint("Run ALTER EXTENSION bunce UPDATE.")));
+    Datum values[STATUS_NATTS];
+    bool nulls[STATUS_NATTS];
     memset(nulls, 1, sizeof nulls);
     memset(values, 0, sizeof values);
+    auto set = [&](StatusColumn i, Datum d) {
+        values[i] = d;
+        nulls[i] = false;
+    };
 
     if (!shared) {
-        values[0] = CStringGetTextDatum("not loaded");
-        nulls[0] = false;
+        set(STATUS_STATE, CStringGetTextDatum("not loaded"));
         ereport(NOTICE, (errmsg("bunce is not in shared_preload_libraries, so no events are delivered"),
                          errhint("Add bunce to shared_preload_libraries and restart the server.")));
         PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
@@ -116,35 +114,31 @@ Datum bunce_worker_state(PG_FUNCTION_ARGS) {
             failed_hour += s.bucket_failed[i];
         }
     }
-    auto set = [&](int i, Datum d) {
-        values[i] = d;
-        nulls[i] = false;
-    };
     const bool alive = s.pid != 0;
-    set(0, CStringGetTextDatum(state));
-    if (alive) set(1, Int32GetDatum(s.pid));
+    set(STATUS_STATE, CStringGetTextDatum(state));
+    if (alive) set(STATUS_PID, Int32GetDatum(s.pid));
     if (s.state == WORKER_PAUSED || s.state == WORKER_DISABLED) {
-        set(2, CStringGetTextDatum(s.paused_reason));
-        if (s.paused_until) set(3, TimestampTzGetDatum(s.paused_until));
+        set(STATUS_PAUSED_REASON, CStringGetTextDatum(s.paused_reason));
+        if (s.paused_until) set(STATUS_PAUSED_UNTIL, TimestampTzGetDatum(s.paused_until));
     }
     if (alive) {
         // Approximate between the worker's counts (every 5 s), never below zero.
-        set(4, Int64GetDatum(Max(0, s.queued_base + static_cast<int64>(committed - s.committed_at_base))));
-        set(5, Int32GetDatum(s.in_flight));
-        set(6, Int64GetDatum(s.waiting_retry));
+        set(STATUS_QUEUED, Int64GetDatum(Max(0, s.queued_base + static_cast<int64>(committed - s.committed_at_base))));
+        set(STATUS_IN_FLIGHT, Int32GetDatum(s.in_flight));
+        set(STATUS_WAITING_RETRY, Int64GetDatum(s.waiting_retry));
     }
-    set(7, Int64GetDatum(s.delivered));
-    set(8, Int64GetDatum(s.failed));
-    set(9, Int64GetDatum(s.possibly_duplicated));
-    set(10, Int64GetDatum(delivered_hour));
-    set(11, Int64GetDatum(failed_hour));
-    set(12, Int32GetDatum(s.requests_last_minute));
-    if (s.last_success_at) set(13, TimestampTzGetDatum(s.last_success_at));
+    set(STATUS_DELIVERED, Int64GetDatum(s.delivered));
+    set(STATUS_FAILED, Int64GetDatum(s.failed));
+    set(STATUS_POSSIBLY_DUPLICATED, Int64GetDatum(s.possibly_duplicated));
+    set(STATUS_DELIVERED_LAST_HOUR, Int64GetDatum(delivered_hour));
+    set(STATUS_FAILED_LAST_HOUR, Int64GetDatum(failed_hour));
+    set(STATUS_REQUESTS_LAST_MINUTE, Int32GetDatum(s.requests_last_minute));
+    if (s.last_success_at) set(STATUS_LAST_SUCCESS_AT, TimestampTzGetDatum(s.last_success_at));
     if (s.last_error_at) {
-        if (s.last_error_status) set(14, Int32GetDatum(s.last_error_status));
-        set(15, CStringGetTextDatum(s.last_error));
-        set(16, TimestampTzGetDatum(s.last_error_at));
+        if (s.last_error_status) set(STATUS_LAST_ERROR_STATUS, Int32GetDatum(s.last_error_status));
+        set(STATUS_LAST_ERROR, CStringGetTextDatum(s.last_error));
+        set(STATUS_LAST_ERROR_AT, TimestampTzGetDatum(s.last_error_at));
     }
-    if (s.started_at) set(17, TimestampTzGetDatum(s.started_at));
+    if (s.started_at) set(STATUS_STARTED_AT, TimestampTzGetDatum(s.started_at));
     PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -54,8 +54,7 @@ bool guarded(CoreError &err, Fn &&fn) noexcept {
 
 // Raises the ERROR a failed guarded() recorded. Call only after guarded() has returned.
 [[noreturn]] inline void raise(const CoreError &err, const char *context = nullptr) {
-    ereport(ERROR, (errcode(err.sqlstate),
-                    context ? errmsg("%s: %s", context, err.message) : errmsg("%s", err.message),
+    ereport(ERROR, (errcode(err.sqlstate), context ? errmsg("%s: %s", context, err.message) : errmsg("%s", err.message),
                     err.hint[0] ? errhint("%s", err.hint) : 0));
     pg_unreachable();
 }

@@ -1,6 +1,7 @@
 // The bunce.* settings, defined in one place, and the API key (bunce.api_key or
 // bunce.api_key_file), which only the server configuration may hold.
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -9,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "bunce_pg.hpp"
+#include "settings.hpp"
 
 extern "C" {
 #include "miscadmin.h"
@@ -34,7 +35,7 @@ int max_payload_size;
 
 namespace {
 
-char *api_key_guc;          // what PostgreSQL stores and shows: always kMask
+char *api_key_guc;              // what PostgreSQL stores and shows: always kMask
 const char *real_api_key = "";  // the key itself, from the check hook's "extra"
 const char *kMask = "********";
 
@@ -61,17 +62,16 @@ bool check_api_key(char **newval, void **extra, GucSource source) {
         free(copy);
         GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
         GUC_check_errmsg("bunce.api_key can be set only in the server configuration");
-        GUC_check_errhint("Use ALTER SYSTEM SET bunce.api_key or postgresql.conf, or point "
-                          "bunce.api_key_file at a file, then reload.");
+        GUC_check_errhint(
+            "Use ALTER SYSTEM SET bunce.api_key or postgresql.conf, or point "
+            "bunce.api_key_file at a file, then reload.");
         return false;
     }
     *extra = copy;
     return true;
 }
 
-void assign_api_key(const char *, void *extra) {
-    real_api_key = extra ? static_cast<const char *>(extra) : "";
-}
+void assign_api_key(const char *, void *extra) { real_api_key = extra ? static_cast<const char *>(extra) : ""; }
 
 const char *show_api_key() { return kMask; }
 
@@ -140,63 +140,50 @@ void define_gucs() {
     // Without shared_preload_libraries there is no worker, and PostgreSQL allows no
     // PGC_POSTMASTER setting to be defined after start-up (a FATAL): enqueueing still works.
     DefineCustomStringVariable(
-        "bunce.database", "Database whose bunce.outbox the delivery worker drains.", nullptr,
-        &database, "postgres",
-        process_shared_preload_libraries_in_progress ? PGC_POSTMASTER : PGC_SIGHUP, 0, nullptr,
-        nullptr, nullptr);
-    DefineCustomStringVariable(
-        "bunce.api_url", "Base URL of the Bunce API (events go to <api_url>/events/trigger).",
-        "https://, or plain http:// to a loopback address only.", &api_url,
-        "https://api.bunce.so/v1", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
-    DefineCustomStringVariable(
-        "bunce.api_key", "Bunce secret key (sk_live_... or sk_test_...), sent as X-Authorization.",
-        "Never shown: SHOW and pg_settings display a mask.", &api_key_guc, "", PGC_SUSET,
-        GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_NO_RESET_ALL,
-        check_api_key, assign_api_key, show_api_key);
-    DefineCustomStringVariable(
-        "bunce.api_key_file", "File holding the Bunce secret key; when set, it is used instead of bunce.api_key.",
-        "Re-read on reload. The file must belong to the server's OS user, mode 600.",
-        &api_key_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+        "bunce.database", "Database whose bunce.outbox the delivery worker drains.", nullptr, &database, "postgres",
+        process_shared_preload_libraries_in_progress ? PGC_POSTMASTER : PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+    DefineCustomStringVariable("bunce.api_url", "Base URL of the Bunce API (events go to <api_url>/events/trigger).",
+                               "https://, or plain http:// to a loopback address only.", &api_url,
+                               "https://api.bunce.so/v1", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+    DefineCustomStringVariable("bunce.api_key",
+                               "Bunce secret key (sk_live_... or sk_test_...), sent as X-Authorization.",
+                               "Never shown: SHOW and pg_settings display a mask.", &api_key_guc, "", PGC_SUSET,
+                               GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_NO_RESET_ALL,
+                               check_api_key, assign_api_key, show_api_key);
+    DefineCustomStringVariable("bunce.api_key_file",
+                               "File holding the Bunce secret key; when set, it is used instead of bunce.api_key.",
+                               "Re-read on reload. The file must belong to the server's OS user, mode 600.",
+                               &api_key_file, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
     DefineCustomStringVariable(
         "bunce.https_proxy", "Proxy for https:// requests to Bunce (empty: none).",
-        "Proxy settings of the server's environment are ignored; plain http:// never uses a proxy.",
-        &https_proxy, "", PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable(
-        "bunce.max_payload_size", "Largest payload, as JSON text, that an event may have.",
-        "Bounds the worker's memory: at most bunce.max_in_flight payloads of this size are held.",
-        &max_payload_size, 256 * 1024, 1024, 16 * 1024 * 1024, PGC_SIGHUP, GUC_UNIT_BYTE, nullptr,
-        nullptr, nullptr);
-    DefineCustomIntVariable(
-        "bunce.rate_limit", "Most requests per minute sent to Bunce (0 = no limit).",
-        "Bunce allows 500 per minute per IP address and blocks it for 60 s past that.",
-        &rate_limit, 500, 0, 6000000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable(
-        "bunce.max_in_flight", "Most requests to Bunce in flight at once.", nullptr,
-        &max_in_flight, 16, 1, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable(
-        "bunce.request_timeout", "Time limit of one request to Bunce.", nullptr,
-        &request_timeout_ms, 10000, 100, 600000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
-        nullptr);
-    DefineCustomIntVariable(
-        "bunce.max_attempts", "Attempts before an event that keeps failing is dead-lettered.",
-        nullptr, &max_attempts, 20, 1, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
-    DefineCustomBoolVariable(
-        "bunce.enabled", "Whether the worker delivers events (off pauses delivery only).",
-        "Enqueueing goes on while delivery is paused.", &enabled, true, PGC_SIGHUP, 0, nullptr,
-        nullptr, nullptr);
-    DefineCustomStringVariable(
-        "bunce.ca_file", "CA certificates file for verifying Bunce's TLS certificate.",
-        "Empty: the system's CA store.", &ca_file, "", PGC_SIGHUP, 0, nullptr, nullptr,
-        nullptr);
-    DefineCustomIntVariable(
-        "bunce.delivery_log_retention", "How long bunce.deliveries keeps delivered events.",
-        "0 turns the delivery log off.", &delivery_log_retention_s, 7 * 24 * 3600, 0, INT_MAX,
-        PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
-    DefineCustomEnumVariable(
-        "bunce.on_invalid", "What bunce_trigger does with a payload Bunce would refuse.",
-        "error raises an ERROR; dead_letter keeps the event in bunce.dead_letters instead.",
-        &on_invalid, ON_INVALID_ERROR, on_invalid_options, PGC_USERSET, 0, nullptr, nullptr,
-        nullptr);
+        "Proxy settings of the server's environment are ignored; plain http:// never uses a proxy.", &https_proxy, "",
+        PGC_SIGHUP, GUC_SUPERUSER_ONLY, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("bunce.max_payload_size", "Largest payload, as JSON text, that an event may have.",
+                            "Bounds the worker's memory: at most bunce.max_in_flight payloads of this size are held.",
+                            &max_payload_size, 256 * 1024, 1024, 16 * 1024 * 1024, PGC_SIGHUP, GUC_UNIT_BYTE, nullptr,
+                            nullptr, nullptr);
+    DefineCustomIntVariable("bunce.rate_limit", "Most requests per minute sent to Bunce (0 = no limit).",
+                            "Bunce allows 500 per minute per IP address and blocks it for 60 s past that.", &rate_limit,
+                            500, 0, 6000000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("bunce.max_in_flight", "Most requests to Bunce in flight at once.", nullptr, &max_in_flight,
+                            16, 1, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("bunce.request_timeout", "Time limit of one request to Bunce.", nullptr,
+                            &request_timeout_ms, 10000, 100, 600000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
+                            nullptr);
+    DefineCustomIntVariable("bunce.max_attempts", "Attempts before an event that keeps failing is dead-lettered.",
+                            nullptr, &max_attempts, 20, 1, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+    DefineCustomBoolVariable("bunce.enabled", "Whether the worker delivers events (off pauses delivery only).",
+                             "Enqueueing goes on while delivery is paused.", &enabled, true, PGC_SIGHUP, 0, nullptr,
+                             nullptr, nullptr);
+    DefineCustomStringVariable("bunce.ca_file", "CA certificates file for verifying Bunce's TLS certificate.",
+                               "Empty: the system's CA store.", &ca_file, "", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("bunce.delivery_log_retention", "How long bunce.deliveries keeps delivered events.",
+                            "0 turns the delivery log off.", &delivery_log_retention_s, 7 * 24 * 3600, 0, INT_MAX,
+                            PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
+    DefineCustomEnumVariable("bunce.on_invalid", "What bunce_trigger does with a payload Bunce would refuse.",
+                             "error raises an ERROR; dead_letter keeps the event in bunce.dead_letters instead.",
+                             &on_invalid, ON_INVALID_ERROR, on_invalid_options, PGC_USERSET, 0, nullptr, nullptr,
+                             nullptr);
     MarkGUCPrefixReserved("bunce");
 }
 

@@ -31,8 +31,8 @@ const char *name(Outcome o) {
     return "?";
 }
 
-void expect_verdict(long status, const std::string &body, Outcome outcome,
-                    const std::string &message, const std::string &transport_error = "") {
+void expect_verdict(long status, const std::string &body, Outcome outcome, const std::string &message,
+                    const std::string &transport_error = "") {
     SCOPED_TRACE("status " + std::to_string(status) + " body " + body);
     const auto v = classify(status, body, transport_error);
     EXPECT_EQ(v.outcome, outcome) << name(v.outcome) << " instead of " << name(outcome);
@@ -62,10 +62,9 @@ bool valid_utf8(const std::string &s) {
 
 TEST(Classify, SuccessCodes) {
     for (long status : {200L, 201L, 202L}) {
-        expect_verdict(status, R"({"success": true, "message": "Event triggered"})",
-                       Outcome::delivered, "Event triggered");
-        expect_verdict(status, R"({"success": true})", Outcome::delivered,
-                       "HTTP " + std::to_string(status));
+        expect_verdict(status, R"({"success": true, "message": "Event triggered"})", Outcome::delivered,
+                       "Event triggered");
+        expect_verdict(status, R"({"success": true})", Outcome::delivered, "HTTP " + std::to_string(status));
     }
 }
 
@@ -77,16 +76,15 @@ TEST(Classify, SuccessWithoutBody) {
 
 TEST(Classify, OldStatusForm) {
     expect_verdict(200, R"({"status": true, "message": "ok"})", Outcome::delivered, "ok");
-    expect_verdict(200, R"({"status": false, "message": "bad event"})", Outcome::rejected,
-                   "bad event");
+    expect_verdict(200, R"({"status": false, "message": "bad event"})", Outcome::rejected, "bad event");
     // "success" wins when both are there.
     expect_verdict(200, R"({"success": false, "status": true})", Outcome::rejected, "HTTP 200");
     expect_verdict(200, R"({"success": true, "status": false})", Outcome::delivered, "HTTP 200");
 }
 
 TEST(Classify, SuccessFalseIsRejected) {
-    expect_verdict(200, R"({"success": false, "message": "Customer not found"})",
-                   Outcome::rejected, "Customer not found");
+    expect_verdict(200, R"({"success": false, "message": "Customer not found"})", Outcome::rejected,
+                   "Customer not found");
     expect_verdict(201, R"({"success": false})", Outcome::rejected, "HTTP 201");
 }
 
@@ -97,23 +95,22 @@ TEST(Classify, NonBooleanSuccessIsIgnored) {
 
 TEST(Classify, ClientErrorsAreRejectedWithBuncesMessage) {
     for (long status : {400L, 404L, 413L, 422L}) {
-        expect_verdict(status, R"({"success": false, "message": "email is invalid"})",
-                       Outcome::rejected, "email is invalid");
+        expect_verdict(status, R"({"success": false, "message": "email is invalid"})", Outcome::rejected,
+                       "email is invalid");
         expect_verdict(status, "", Outcome::rejected, "HTTP " + std::to_string(status));
     }
 }
 
 TEST(Classify, Unauthorized) {
-    expect_verdict(401, R"({"success": false, "message": "Invalid API key"})",
-                   Outcome::unauthorized, "Invalid API key");
-    expect_verdict(403, R"({"success": false, "message": "Forbidden"})", Outcome::unauthorized,
-                   "Forbidden");
+    expect_verdict(401, R"({"success": false, "message": "Invalid API key"})", Outcome::unauthorized,
+                   "Invalid API key");
+    expect_verdict(403, R"({"success": false, "message": "Forbidden"})", Outcome::unauthorized, "Forbidden");
     expect_verdict(401, "", Outcome::unauthorized, "HTTP 401");
 }
 
 TEST(Classify, RateLimited) {
-    expect_verdict(429, R"({"success": false, "message": "Too many requests"})",
-                   Outcome::rate_limited, "Too many requests");
+    expect_verdict(429, R"({"success": false, "message": "Too many requests"})", Outcome::rate_limited,
+                   "Too many requests");
     expect_verdict(429, "Too Many Requests", Outcome::rate_limited, "HTTP 429");
 }
 
@@ -129,8 +126,7 @@ TEST(Classify, TransportErrors) {
     expect_verdict(0, "", Outcome::retry, "Operation timed out after 300 milliseconds",
                    "Operation timed out after 300 milliseconds");
     // Whatever the body says, status 0 is no answer.
-    expect_verdict(0, R"({"success": true, "message": "x"})", Outcome::retry, "reset",
-                   "reset");
+    expect_verdict(0, R"({"success": true, "message": "x"})", Outcome::retry, "reset", "reset");
     const auto v = classify(0, "", "");
     EXPECT_EQ(v.outcome, Outcome::retry);
     EXPECT_FALSE(v.message.empty());
@@ -163,9 +159,8 @@ TEST(Classify, LongMultibyteMessageIsClippedOnACharacterBoundary) {
     for (int i = 0; i < 300; i++) message += "\xc3\xa9";
     const auto v = classify(400, "{\"message\": \"" + message + "\"}", "");
     EXPECT_TRUE(valid_utf8(v.message));
-    const auto characters = std::count_if(v.message.begin(), v.message.end(), [](char c) {
-        return (static_cast<unsigned char>(c) & 0xc0) != 0x80;
-    });
+    const auto characters = std::count_if(v.message.begin(), v.message.end(),
+                                          [](char c) { return (static_cast<unsigned char>(c) & 0xc0) != 0x80; });
     EXPECT_LE(characters, 500);
     EXPECT_GE(characters, 250);
 }
@@ -203,10 +198,8 @@ TEST(ParseRetryAfter, HttpDateInTheFuture) {
     EXPECT_EQ(parse_retry_after("Thu, 02 May 2024 10:00:00 GMT", now), 3600);
     EXPECT_EQ(parse_retry_after("Thu, 02 May 2024 10:00:00 GMT", now, 86400 * 2), 86400);
     // Across a month and a year end.
-    EXPECT_EQ(parse_retry_after("Wed, 01 Jan 2025 00:00:30 GMT", epoch(2024, 12, 31, 23, 59, 0)),
-              90);
-    EXPECT_EQ(parse_retry_after("Fri, 01 Mar 2024 00:00:10 GMT", epoch(2024, 2, 29, 23, 59, 50)),
-              20);
+    EXPECT_EQ(parse_retry_after("Wed, 01 Jan 2025 00:00:30 GMT", epoch(2024, 12, 31, 23, 59, 0)), 90);
+    EXPECT_EQ(parse_retry_after("Fri, 01 Mar 2024 00:00:10 GMT", epoch(2024, 2, 29, 23, 59, 50)), 20);
     const int64_t rfc = epoch(1994, 11, 6, 8, 49, 37);
     EXPECT_EQ(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", rfc - 30), 30);
     for (int m = 1; m <= 12; m++) {
@@ -214,9 +207,7 @@ TEST(ParseRetryAfter, HttpDateInTheFuture) {
                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
         char text[64];
         std::snprintf(text, sizeof text, "Mon, 15 %s 2030 12:00:00 GMT", months[m - 1]);
-        EXPECT_EQ(parse_retry_after(text, epoch(2030, static_cast<unsigned>(m), 15, 11, 59, 0)),
-                  60)
-            << text;
+        EXPECT_EQ(parse_retry_after(text, epoch(2030, static_cast<unsigned>(m), 15, 11, 59, 0)), 60) << text;
     }
 }
 
@@ -229,11 +220,11 @@ TEST(ParseRetryAfter, HttpDateInThePast) {
 
 TEST(ParseRetryAfter, GarbageAndEmpty) {
     const int64_t now = epoch(2024, 5, 1, 10, 0, 0);
-    for (const char *v : {"", " ", "\t\r\n", "soon", "12s", "-5", "+5", "1.5", "5 5", "0x10",
-                          "Wed, 01 Foo 2024 10:02:00 GMT", "Wed, 01 may 2024 10:02:00 GMT",
-                          "Wed, 01 May 2024 25:00:00 GMT", "Wed, 01 May 2024 10:60:00 GMT",
-                          "Wed, 32 May 2024 10:00:00 GMT", "Wed, 00 May 2024 10:00:00 GMT",
-                          "Wed, 01 May 2024", "2024-05-01T10:02:00Z", "Wed 01 May 2024 10:02:00 GMT"}) {
+    for (const char *v :
+         {"", " ", "\t\r\n", "soon", "12s", "-5", "+5", "1.5", "5 5", "0x10", "Wed, 01 Foo 2024 10:02:00 GMT",
+          "Wed, 01 may 2024 10:02:00 GMT", "Wed, 01 May 2024 25:00:00 GMT", "Wed, 01 May 2024 10:60:00 GMT",
+          "Wed, 32 May 2024 10:00:00 GMT", "Wed, 00 May 2024 10:00:00 GMT", "Wed, 01 May 2024", "2024-05-01T10:02:00Z",
+          "Wed 01 May 2024 10:02:00 GMT"}) {
         EXPECT_EQ(parse_retry_after(v, now), std::nullopt) << "\"" << v << "\"";
     }
 }
@@ -255,8 +246,8 @@ TEST(BackoffMs, WithinBoundsForManyRandomValues) {
     struct Params {
         int64_t base, cap;
     };
-    for (const auto p : {Params{1000, 300'000}, Params{500, 60'000}, Params{1, 1000},
-                         Params{250, 3'600'000}, Params{1000, 1000}, Params{3, 7}}) {
+    for (const auto p : {Params{1000, 300'000}, Params{500, 60'000}, Params{1, 1000}, Params{250, 3'600'000},
+                         Params{1000, 1000}, Params{3, 7}}) {
         for (int attempts = 1; attempts <= 100; attempts++) {
             const int64_t ceiling = expected_ceiling(attempts, p.base, p.cap);
             const int64_t floor = p.base / 2;
@@ -268,8 +259,7 @@ TEST(BackoffMs, WithinBoundsForManyRandomValues) {
                 lo = std::min(lo, d);
                 hi = std::max(hi, d);
             }
-            for (uint64_t r : {uint64_t{0}, uint64_t{1}, UINT64_MAX, UINT64_MAX - 1,
-                               uint64_t{1} << 63}) {
+            for (uint64_t r : {uint64_t{0}, uint64_t{1}, UINT64_MAX, UINT64_MAX - 1, uint64_t{1} << 63}) {
                 const int64_t d = backoff_ms(attempts, p.base, p.cap, r);
                 ASSERT_GE(d, floor);
                 ASSERT_LE(d, ceiling);
@@ -287,9 +277,7 @@ TEST(BackoffMs, EndsOfTheRangeAreReachable) {
     for (int attempts = 1; attempts <= 40; attempts++) {
         const int64_t ceiling = expected_ceiling(attempts, 1000, 300'000);
         EXPECT_EQ(backoff_ms(attempts, 1000, 300'000, 0), 500);
-        EXPECT_EQ(backoff_ms(attempts, 1000, 300'000, static_cast<uint64_t>(ceiling - 500)),
-                  ceiling)
-            << attempts;
+        EXPECT_EQ(backoff_ms(attempts, 1000, 300'000, static_cast<uint64_t>(ceiling - 500)), ceiling) << attempts;
     }
 }
 
@@ -340,30 +328,57 @@ TEST(BackoffMs, AttemptZeroOrNegativeBehavesLikeTheFirst) {
 // ---------------------------------------------------------------- api_url_problem
 
 TEST(ApiUrlProblem, Usable) {
-    for (const char *u : {"https://api.bunce.ai/v1", "HTTPS://API.BUNCE.AI/v1",
-                          "https://api.bunce.ai/v1/events/trigger", "https://10.0.0.1:8443/",
-                          "http://127.0.0.1:8080/v1", "http://127.0.0.1", "http://127.0.0.1/",
-                          "http://127.1.2.3:9/x", "http://localhost/v1", "http://LOCALHOST:8080/v1",
-                          "http://localhost", "http://localhost?x=1", "http://[::1]:1/",
-                          "http://[::1]/v1", "http://[::1]", "Http://127.0.0.1/v1"}) {
+    for (const char *u :
+         {"https://api.bunce.ai/v1", "HTTPS://API.BUNCE.AI/v1", "https://api.bunce.ai/v1/events/trigger",
+          "https://10.0.0.1:8443/", "http://127.0.0.1:8080/v1", "http://127.0.0.1", "http://127.0.0.1/",
+          "http://127.1.2.3:9/x", "http://localhost/v1", "http://LOCALHOST:8080/v1", "http://localhost",
+          "http://localhost?x=1", "http://[::1]:1/", "http://[::1]/v1", "http://[::1]", "Http://127.0.0.1/v1"}) {
         EXPECT_EQ(api_url_problem(u), std::nullopt) << u;
     }
 }
 
 TEST(ApiUrlProblem, Refused) {
-    for (const char *u :
-         {"http://example.com", "http://example.com/v1", "http://api.bunce.ai/v1",
-          "http://127.0.0.1@evil.com", "http://127.0.0.1:x@evil.com/", "http://user:pw@localhost/",
-          "http://localhost@evil.com/", "http://[::1]@evil.com/", "ftp://127.0.0.1/",
-          "ftp://api.bunce.ai/", "", "http://", "https://", "http://127.evil.com",
-          "http://127.0.0.1.evil.com/", "http://localhost.evil.com/", "http://evil.localhost/",
-          "http://[::2]/", "http://[::1.evil.com]/", "http://0.0.0.0/", "http://10.0.0.1/",
-          "http://192.168.1.1:8080/", "api.bunce.ai/v1", "//api.bunce.ai/v1", "file:///etc/passwd",
-          " https://api.bunce.ai/v1", "http:/127.0.0.1/", "https:/api.bunce.ai",
-          "http://[::1", "http://127.0.0.1.2.3/v1", "http://127.1/", "http://0x7f.0.0.1/",
-          "http://2130706433/", "http://127.0.0.01/", "http://127.0.0.1.nip.io/v1",
-          "http://127.0.0.1:80x/", "http://[::1]x/", "http://[::1]:8a/",
-          "http://127.0.0.1\\@evil.com/", "http://256.0.0.1/", "http://localhost:99999999/"}) {
+    for (const char *u : {"http://example.com",
+                          "http://example.com/v1",
+                          "http://api.bunce.ai/v1",
+                          "http://127.0.0.1@evil.com",
+                          "http://127.0.0.1:x@evil.com/",
+                          "http://user:pw@localhost/",
+                          "http://localhost@evil.com/",
+                          "http://[::1]@evil.com/",
+                          "ftp://127.0.0.1/",
+                          "ftp://api.bunce.ai/",
+                          "",
+                          "http://",
+                          "https://",
+                          "http://127.evil.com",
+                          "http://127.0.0.1.evil.com/",
+                          "http://localhost.evil.com/",
+                          "http://evil.localhost/",
+                          "http://[::2]/",
+                          "http://[::1.evil.com]/",
+                          "http://0.0.0.0/",
+                          "http://10.0.0.1/",
+                          "http://192.168.1.1:8080/",
+                          "api.bunce.ai/v1",
+                          "//api.bunce.ai/v1",
+                          "file:///etc/passwd",
+                          " https://api.bunce.ai/v1",
+                          "http:/127.0.0.1/",
+                          "https:/api.bunce.ai",
+                          "http://[::1",
+                          "http://127.0.0.1.2.3/v1",
+                          "http://127.1/",
+                          "http://0x7f.0.0.1/",
+                          "http://2130706433/",
+                          "http://127.0.0.01/",
+                          "http://127.0.0.1.nip.io/v1",
+                          "http://127.0.0.1:80x/",
+                          "http://[::1]x/",
+                          "http://[::1]:8a/",
+                          "http://127.0.0.1\\@evil.com/",
+                          "http://256.0.0.1/",
+                          "http://localhost:99999999/"}) {
         const auto p = api_url_problem(u);
         EXPECT_TRUE(p.has_value()) << "\"" << u << "\" accepted";
         if (p) {
@@ -374,21 +389,23 @@ TEST(ApiUrlProblem, Refused) {
 
 TEST(ApiUrlProblem, MessagesNameTheProblem) {
     EXPECT_NE(api_url_problem("http://example.com")->find("https://"), std::string::npos);
-    EXPECT_NE(api_url_problem("http://127.0.0.1@evil.com")->find("credentials"),
-              std::string::npos);
+    EXPECT_NE(api_url_problem("http://127.0.0.1@evil.com")->find("credentials"), std::string::npos);
     EXPECT_NE(api_url_problem("ftp://x/")->find("https://"), std::string::npos);
 }
 
 TEST(ApiUrlProblem, EmptyAuthority) {
-    for (const char *u : {"http:///v1", "http://?x", "http://#x"})
-        EXPECT_TRUE(api_url_problem(u).has_value()) << u;
+    for (const char *u : {"http:///v1", "http://?x", "http://#x"}) EXPECT_TRUE(api_url_problem(u).has_value()) << u;
 }
 
 // ---------------------------------------------------------------- printable_text
 
 TEST(PrintableText, KeepsUtf8AndBoundsAndCleans) {
     EXPECT_EQ(bunce::printable_text("caf\xc3\xa9 \xe2\x82\xac", 100), "caf\xc3\xa9 \xe2\x82\xac");
-    EXPECT_EQ(bunce::printable_text("ab\xff" "c", 100), "ab\xef\xbf\xbd" "c");
+    EXPECT_EQ(bunce::printable_text("ab\xff"
+                                    "c",
+                                    100),
+              "ab\xef\xbf\xbd"
+              "c");
     EXPECT_EQ(bunce::printable_text(std::string("a\0b\x01", 4), 100), "a b ");
     EXPECT_EQ(bunce::printable_text("line\nnext\ttab", 100), "line\nnext\ttab");
     EXPECT_EQ(bunce::printable_text("\xc3\xa9\xc3\xa9\xc3\xa9", 2), "\xc3\xa9\xc3\xa9");  // characters, not bytes

@@ -51,12 +51,9 @@ struct ReceivedRequest {
     bool has_header(const std::string &name) const { return headers.count(name) > 0; }
 };
 
-std::string http_response(int status, const std::string &body,
-                          const std::string &extra_headers = "") {
-    return "HTTP/1.1 " + std::to_string(status) + " Canned\r\n" +
-           "Content-Type: application/json\r\n" +
-           "Content-Length: " + std::to_string(body.size()) + "\r\n" + extra_headers + "\r\n" +
-           body;
+std::string http_response(int status, const std::string &body, const std::string &extra_headers = "") {
+    return "HTTP/1.1 " + std::to_string(status) + " Canned\r\n" + "Content-Type: application/json\r\n" +
+           "Content-Length: " + std::to_string(body.size()) + "\r\n" + extra_headers + "\r\n" + body;
 }
 
 // Answers each complete request with what the responder returns; std::nullopt means never
@@ -74,8 +71,7 @@ public:
         addr.sin_family = AF_INET;
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         addr.sin_port = 0;
-        if (::bind(listen_fd_, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0 ||
-            ::listen(listen_fd_, 64) != 0)
+        if (::bind(listen_fd_, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0 || ::listen(listen_fd_, 64) != 0)
             throw std::runtime_error("bind/listen");
         socklen_t len = sizeof addr;
         ::getsockname(listen_fd_, reinterpret_cast<sockaddr *>(&addr), &len);
@@ -174,8 +170,7 @@ private:
             if (auto reply = responder_(r)) {
                 size_t sent = 0;
                 while (sent < reply->size()) {
-                    const ssize_t n =
-                        ::send(fd, reply->data() + sent, reply->size() - sent, MSG_NOSIGNAL);
+                    const ssize_t n = ::send(fd, reply->data() + sent, reply->size() - sent, MSG_NOSIGNAL);
                     if (n <= 0) break;
                     sent += static_cast<size_t>(n);
                 }
@@ -220,8 +215,7 @@ const HttpAnswer *find_answer(const std::vector<HttpAnswer> &answers, int64_t id
     return nullptr;
 }
 
-const ReceivedRequest *find_request(const std::vector<ReceivedRequest> &requests,
-                                    const std::string &key) {
+const ReceivedRequest *find_request(const std::vector<ReceivedRequest> &requests, const std::string &key) {
     for (const auto &r : requests)
         if (r.header("idempotency-key") == key) return &r;
     return nullptr;
@@ -254,10 +248,8 @@ std::optional<std::string> canned(const ReceivedRequest &r) {
     if (key == "k-bad") return http_response(422, R"({"success":false,"message":"email is invalid"})");
     if (key == "k-auth") return http_response(401, R"({"success":false,"message":"Invalid API key"})");
     if (key == "k-limit")
-        return http_response(429, R"({"success":false,"message":"Too many requests"})",
-                             "Retry-After: 120\r\n");
-    if (key == "k-limit-lower")
-        return http_response(429, "", "retry-after:7\r\n");
+        return http_response(429, R"({"success":false,"message":"Too many requests"})", "Retry-After: 120\r\n");
+    if (key == "k-limit-lower") return http_response(429, "", "retry-after:7\r\n");
     if (key == "k-down") return http_response(503, "<html>Service Unavailable</html>");
     if (key == "k-empty") return http_response(200, "");
     if (key == "k-big") return http_response(200, std::string(100 * 1024, 'b'));
@@ -375,8 +367,7 @@ TEST(HttpSender, KeepAliveReusesOneConnection) {
     for (int i = 0; i < 6; i++) {
         EXPECT_EQ(requests[i].connection, 1);
         EXPECT_EQ(requests[i].header("idempotency-key"), "k-ok-" + std::to_string(i));
-        EXPECT_EQ(requests[i].body,
-                  R"({"email":"ada@example.com","n":)" + std::to_string(i) + "}");
+        EXPECT_EQ(requests[i].body, R"({"email":"ada@example.com","n":)" + std::to_string(i) + "}");
     }
 }
 
@@ -412,8 +403,7 @@ TEST(HttpSender, SilentServerHitsTheTimeout) {
     EXPECT_GE(elapsed_ms, 250);
     EXPECT_LT(elapsed_ms, 2000);
     EXPECT_GE(answers[0].seconds, 0.25);
-    EXPECT_EQ(bunce::classify(answers[0].status, answers[0].body, answers[0].error).outcome,
-              bunce::Outcome::retry);
+    EXPECT_EQ(bunce::classify(answers[0].status, answers[0].body, answers[0].error).outcome, bunce::Outcome::retry);
     // The request did reach the server.
     ASSERT_EQ(server.requests().size(), 1u);
     EXPECT_EQ(server.requests()[0].body, R"({"email":"ada@example.com"})");
@@ -564,8 +554,7 @@ TEST(HttpSender, IdleSenderHasNothingToDo) {
 // environment or the options say (a proxy on a dead port would make the request fail).
 TEST(HttpSender, PlainHttpIgnoresProxies) {
     TestServer server(canned);
-    for (const char *var : {"http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"})
-        setenv(var, "http://127.0.0.1:9", 1);
+    for (const char *var : {"http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"}) setenv(var, "http://127.0.0.1:9", 1);
     HttpSender sender;
     SenderOptions o = options_for(server.url());
     o.proxy = "http://127.0.0.1:9";

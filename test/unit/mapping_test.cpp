@@ -62,8 +62,7 @@ std::set<Field> fields_inside(const std::vector<MappingItem> &items, const std::
         if (items[i].kind == MappingItem::end_object && depth == 0) return out;
         if (items[i].kind == MappingItem::begin_object) depth++;
         if (items[i].kind == MappingItem::end_object) depth--;
-        if (items[i].kind == MappingItem::field && depth == 0)
-            out.insert({items[i].key, items[i].column});
+        if (items[i].kind == MappingItem::field && depth == 0) out.insert({items[i].key, items[i].column});
     }
     ADD_FAILURE() << "begin_object " << key << " is never closed";
     return out;
@@ -74,9 +73,12 @@ std::set<Field> top_level_fields(const std::vector<MappingItem> &items) {
     std::set<Field> out;
     int depth = 0;
     for (const auto &i : items) {
-        if (i.kind == MappingItem::begin_object) depth++;
-        else if (i.kind == MappingItem::end_object) depth--;
-        else if (depth == 0) out.insert({i.key, i.column});
+        if (i.kind == MappingItem::begin_object)
+            depth++;
+        else if (i.kind == MappingItem::end_object)
+            depth--;
+        else if (depth == 0)
+            out.insert({i.key, i.column});
     }
     return out;
 }
@@ -102,8 +104,7 @@ TEST(ParseMapping, Flat) {
     const auto items = parse_mapping(R"({"email": "customer_email", "amount": "total"})");
     ASSERT_EQ(items.size(), 2u);
     expect_balanced(items);
-    EXPECT_EQ(fields_of(items),
-              (std::set<Field>{{"email", "customer_email"}, {"amount", "total"}}));
+    EXPECT_EQ(fields_of(items), (std::set<Field>{{"email", "customer_email"}, {"amount", "total"}}));
 }
 
 TEST(ParseMapping, SingleField) {
@@ -120,10 +121,8 @@ TEST(ParseMapping, NestedCustomer) {
             "customer": {"customer_id": "cust_id", "first_name": "fname"}})");
     ASSERT_EQ(items.size(), 6u);  // 2 fields, begin, 2 fields, end
     expect_balanced(items);
-    EXPECT_EQ(top_level_fields(items),
-              (std::set<Field>{{"email", "customer_email"}, {"amount", "total"}}));
-    EXPECT_EQ(fields_inside(items, "customer"),
-              (std::set<Field>{{"customer_id", "cust_id"}, {"first_name", "fname"}}));
+    EXPECT_EQ(top_level_fields(items), (std::set<Field>{{"email", "customer_email"}, {"amount", "total"}}));
+    EXPECT_EQ(fields_inside(items, "customer"), (std::set<Field>{{"customer_id", "cust_id"}, {"first_name", "fname"}}));
     // Bracketing: the begin_object is directly followed by the customer's fields and the
     // end_object directly after them.
     size_t begin = 0;
@@ -141,8 +140,7 @@ TEST(ParseMapping, DeeplyNested) {
     ASSERT_EQ(items.size(), 7u);  // begin a, begin b, c, end, d, end, e (keys sorted)
     EXPECT_EQ(top_level_fields(items), (std::set<Field>{{"e", "col_e"}}));
     EXPECT_EQ(fields_inside(items, "a"), (std::set<Field>{{"d", "col_d"}}));
-    EXPECT_EQ(fields_of(items),
-              (std::set<Field>{{"c", "col_c"}, {"d", "col_d"}, {"e", "col_e"}}));
+    EXPECT_EQ(fields_of(items), (std::set<Field>{{"c", "col_c"}, {"d", "col_d"}, {"e", "col_e"}}));
 }
 
 TEST(ParseMapping, SameColumnTwice) {
@@ -154,8 +152,7 @@ TEST(ParseMapping, SameColumnTwice) {
 
 TEST(ParseMapping, ColumnNamesKeptVerbatim) {
     const auto items = parse_mapping(R"({"Amount Due": "Total \"Gross\"", "x": " spaced "})");
-    EXPECT_EQ(fields_of(items),
-              (std::set<Field>{{"Amount Due", "Total \"Gross\""}, {"x", " spaced "}}));
+    EXPECT_EQ(fields_of(items), (std::set<Field>{{"Amount Due", "Total \"Gross\""}, {"x", " spaced "}}));
 }
 
 TEST(ParseMapping, NotJson) {

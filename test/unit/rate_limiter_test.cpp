@@ -46,9 +46,8 @@ void expect_no_window_above_limit(const std::vector<Send> &sends) {
     for (size_t i = 0; i < sends.size(); i++) {
         while (sends[first].at <= sends[i].at - kMinute) first++;
         const int in_window = static_cast<int>(i - first + 1);
-        ASSERT_LE(in_window, sends[i].limit)
-            << "window ending at send " << i << " (t=" << sends[i].at << " us) holds "
-            << in_window << " sends, limit " << sends[i].limit;
+        ASSERT_LE(in_window, sends[i].limit) << "window ending at send " << i << " (t=" << sends[i].at << " us) holds "
+                                             << in_window << " sends, limit " << sends[i].limit;
     }
 }
 
@@ -100,8 +99,7 @@ TEST(RateLimiter, Backlogged60PerMinuteForTenMinutes) {
     expect_no_window_above_limit(sends);
 
     // Closed windows too: no 61 sends within any 60 s.
-    for (size_t i = 60; i < sends.size(); i++)
-        ASSERT_GE(sends[i].at - sends[i - 60].at, kMinute) << i;
+    for (size_t i = 60; i < sends.size(); i++) ASSERT_GE(sends[i].at - sends[i - 60].at, kMinute) << i;
 
     // At least 97% of the limit used, per minute on average.
     const double per_minute = static_cast<double>(sends.size()) / 10.0;
@@ -111,8 +109,7 @@ TEST(RateLimiter, Backlogged60PerMinuteForTenMinutes) {
     // And in every whole minute of the run after the first one.
     for (int m = 1; m < 10; m++) {
         const int64_t a = start + m * kMinute, b = a + kMinute;
-        const auto n = std::count_if(sends.begin(), sends.end(),
-                                     [&](const Send &s) { return s.at >= a && s.at < b; });
+        const auto n = std::count_if(sends.begin(), sends.end(), [&](const Send &s) { return s.at >= a && s.at < b; });
         EXPECT_GE(n, 58) << "minute " << m;
         EXPECT_LE(n, 60) << "minute " << m;
     }
@@ -197,9 +194,8 @@ TEST(RateLimiter, LoweringTheLimitMidRunOpensNoBurst) {
     run_backlogged(r, now, 5 * kMinute, sends);
     expect_no_window_above_limit(sends);
     // The last phase really runs at the new limit.
-    const auto last = std::count_if(sends.begin(), sends.end(), [&](const Send &s) {
-        return s.at >= now - 3 * kMinute;
-    });
+    const auto last =
+        std::count_if(sends.begin(), sends.end(), [&](const Send &s) { return s.at >= now - 3 * kMinute; });
     EXPECT_GE(last, 2);
     EXPECT_LE(last, 3);
 }

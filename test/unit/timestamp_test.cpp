@@ -95,8 +95,7 @@ TEST(FormatUtc, AgreesWithDaysFromCivilForManyDates) {
         const int64_t y = std::stoll(s->substr(0, 4));
         const unsigned m = static_cast<unsigned>(std::stoi(s->substr(5, 2)));
         const unsigned d = static_cast<unsigned>(std::stoi(s->substr(8, 2)));
-        const int hh = std::stoi(s->substr(11, 2)), mm = std::stoi(s->substr(14, 2)),
-                  ss = std::stoi(s->substr(17, 2));
+        const int hh = std::stoi(s->substr(11, 2)), mm = std::stoi(s->substr(14, 2)), ss = std::stoi(s->substr(17, 2));
         ASSERT_EQ(epoch(y, m, d, hh, mm, ss), t) << *s;
         // Bunce's form is a fixed point of the normaliser.
         ASSERT_EQ(normalise_timestamp(*s), s);
@@ -328,28 +327,17 @@ TEST(NormaliseTimestamp, MissingDigits) {
 
 TEST(NormaliseTimestamp, LettersOrPunctuationInPlaceOfDigits) {
     expect_cases({
-        {"2024-O5-01T10:00:00Z", nullptr},
-        {"202a-05-01T10:00:00Z", nullptr},
-        {"2024-05-0lT10:00:00Z", nullptr},
-        {"2024-05-01T1O:00:00Z", nullptr},
-        {"2024-05-01T10:o0:00Z", nullptr},
-        {"2024-05-01T10:00:0OZ", nullptr},
-        {"2024-05-01T10:00:00+O2:00", nullptr},
-        {"2024-05-01T10:00:00+02:x0", nullptr},
-        {"2024-05-01T10:00:00.xZ", nullptr},
-        {"2024-05-01T10:00:00.Z", nullptr},
-        {"2024-05-01T10:00:00,Z", nullptr},
-        {"2024-05-01T10:00:00.+02:00", nullptr},
-        {"2024-05-01X10:00:00Z", nullptr},
-        {"2024-05-01_10:00:00Z", nullptr},
-        {"2024/05/01T10:00:00Z", nullptr},
-        {"2024-05-01T10-00-00Z", nullptr},
-        {"2024-05-01T10.00.00Z", nullptr},
-        {"2024-05-01T10:00:00 +02:00", nullptr},
-        {"2024-05-01T10:00:00 Z", nullptr},
-        {"2024-05-01T10:00:00UTC", nullptr},
-        {"2024-05-01T10:00:00GMT", nullptr},
-        {"-024-05-01T10:00:00Z", nullptr},
+        {"2024-O5-01T10:00:00Z", nullptr},      {"202a-05-01T10:00:00Z", nullptr},
+        {"2024-05-0lT10:00:00Z", nullptr},      {"2024-05-01T1O:00:00Z", nullptr},
+        {"2024-05-01T10:o0:00Z", nullptr},      {"2024-05-01T10:00:0OZ", nullptr},
+        {"2024-05-01T10:00:00+O2:00", nullptr}, {"2024-05-01T10:00:00+02:x0", nullptr},
+        {"2024-05-01T10:00:00.xZ", nullptr},    {"2024-05-01T10:00:00.Z", nullptr},
+        {"2024-05-01T10:00:00,Z", nullptr},     {"2024-05-01T10:00:00.+02:00", nullptr},
+        {"2024-05-01X10:00:00Z", nullptr},      {"2024-05-01_10:00:00Z", nullptr},
+        {"2024/05/01T10:00:00Z", nullptr},      {"2024-05-01T10-00-00Z", nullptr},
+        {"2024-05-01T10.00.00Z", nullptr},      {"2024-05-01T10:00:00 +02:00", nullptr},
+        {"2024-05-01T10:00:00 Z", nullptr},     {"2024-05-01T10:00:00UTC", nullptr},
+        {"2024-05-01T10:00:00GMT", nullptr},    {"-024-05-01T10:00:00Z", nullptr},
         {"+2024-05-01T10:00:00Z", nullptr},
     });
 }
@@ -401,12 +389,11 @@ TEST(NormaliseTimestamp, OffsetsInSecondsAndLeapSeconds) {
 TEST(ClassifyTimestamp, OutOfRangeIsNotOther) {
     using bunce::classify_timestamp;
     using bunce::TimestampText;
-    for (const char *s : {"10000-01-01T00:00:00+00:00", "294276-12-31T23:59:59Z",
-                          "0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00",
-                          "586554-01-18T00:00:00+00:00"})
+    for (const char *s : {"10000-01-01T00:00:00+00:00", "294276-12-31T23:59:59Z", "0001-01-01T00:30:00+01:00",
+                          "9999-12-31T23:30:00-01:00", "586554-01-18T00:00:00+00:00"})
         EXPECT_EQ(classify_timestamp(s).kind, TimestampText::out_of_range) << s;
-    for (const char *s : {"1000000-01-01T00:00:00Z", "10000-01-01", "10000-01-01T00:00:00",
-                          "abc", "2024-05-01T10:00:00", "12024-13-01T00:00:00Z"})
+    for (const char *s : {"1000000-01-01T00:00:00Z", "10000-01-01", "10000-01-01T00:00:00", "abc",
+                          "2024-05-01T10:00:00", "12024-13-01T00:00:00Z"})
         EXPECT_EQ(classify_timestamp(s).kind, TimestampText::other) << s;
     EXPECT_EQ(classify_timestamp("2024-05-01T10:00:00+02").utc, "2024-05-01T08:00:00Z");
 }

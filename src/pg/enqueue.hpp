@@ -1,0 +1,26 @@
+// Validating an event and refusing it (enqueue.cpp), shared by bunce_trigger(event_id,
+// payload) and the generic trigger.
+#pragma once
+
+#include <cstddef>
+
+#include "guard.hpp"
+
+namespace bunce_pg {
+
+// Whether a payload of `size` bytes (as sent) is within bunce.max_payload_size; err filled in
+// when not.
+bool within_size_limit(size_t size, CoreError &err);
+
+// Validates and normalises payload JSON text. Returns the jsonb to store, or (Datum) 0 with
+// err filled in. `original` is the caller's jsonb, reused when nothing changed (then `text`
+// is its text form), or 0.
+Datum validate_payload(const char *text, Datum original, CoreError &err);
+
+// A refused event: an ERROR, or with bunce.on_invalid = dead_letter a row in
+// bunce.dead_letters and a WARNING, so the business write goes through. Returns the dead
+// letter's id. `context` (or nullptr) prefixes the message.
+int64 refuse_event(const CoreError &err, const char *context, Datum event_id, bool event_null,
+                   const char *payload_text);
+
+}  // namespace bunce_pg

@@ -1,0 +1,301 @@
+// The outbox writer. See outbox.hpp.
+#include <cstring>
+
+#include "commit_wake.hpp"
+#include "outbox.hpp"
+#include "settings.hpp"
+#include "shmem.hpp"
+
+extern "C" {
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/sequence.h"
+#include "common/pg_prng.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "optimizer/optimizer.h"
+#include "rewrite/rewriteHandler.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+}
+
+#if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 160000
+#error "bunce builds for PostgreSQL 15: ExecInsertIndexTuples and table_multi_insert are called as in 15"
+#endif
+
+namespace bunce_pg {
+namespace {
+
+// The columns this code writes, found by name when the outbox is opened: a version of the
+// table with more columns (an ALTER EXTENSION UPDATE while this backend runs older code) or
+// with dropped ones still works. Columns not listed get their defaults.
+struct OutboxColumnDef {
+    const char *name;
+    Oid type;
+    bool required;  // written by every insert: the table must have it
+};
+const OutboxColumnDef outbox_columns[OUTBOX_NATTS] = {
+    {"id", INT8OID, true},
+    {"event_id", UUIDOID, true},
+    {"payload", JSONBOID, true},
+    {"idempotency_key", UUIDOID, true},
+    {"enqueued_at", TIMESTAMPTZOID, true},
+    {"next_attempt_at", TIMESTAMPTZOID, true},
+    {"attempts", INT4OID, true},
+    {"sending_since", TIMESTAMPTZOID, false},
+    {"first_attempt_at", TIMESTAMPTZOID, false},
+    {"last_status", INT4OID, false},
+    {"last_error", TEXTOID, false},
+    {"possible_duplicate", BOOLOID, true},
+};
+constexpr int OUTBOX_BATCH = 1000;
+
+}  // namespace
+
+Oid bunce_namespace() {
+    Oid nsp = get_namespace_oid("bunce", true);
+    if (!OidIsValid(nsp))
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("extension \"bunce\" is not installed in this database"),
+                        errhint("Run CREATE EXTENSION bunce.")));
+    return nsp;
+}
+
+// The worker delivers the outbox of bunce.database only: an event enqueued in another database
+// would wait there for ever. (Without shared_preload_libraries there is no worker at all, and
+// bunce.status says so.)
+void check_served_database() {
+    static bool served = false;  // cannot change: bunce.database takes a restart
+    if (served || !shared) return;
+    const char *here = get_database_name(MyDatabaseId);
+    if (here && strcmp(here, database) == 0) {
+        served = true;
+        return;
+    }
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("bunce delivers the events of database \"%s\", not of \"%s\"", database, here ? here : "?"),
+                    errhint("Enqueue in database \"%s\", or set bunce.database = '%s' and restart the server.",
+                            database, here ? here : "?")));
+}
+
+void check_writable(const char *what) {
+    if (XactReadOnly || RecoveryInProgress())
+        ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+                        errmsg("cannot enqueue a bunce event in a read-only transaction"),
+                        errhint("%s must run where the business write runs: on the primary, in a "
+                                "read-write transaction.",
+                                what)));
+}
+
+namespace {
+
+[[noreturn]] void outbox_mismatch(const char *detail) {
+    ereport(ERROR,
+            (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+             errmsg("bunce.outbox does not have the columns this version of bunce expects"), errdetail("%s", detail),
+             errhint("Run ALTER EXTENSION bunce UPDATE, and reconnect sessions that loaded an older bunce.")));
+}
+
+// Finds the columns by name in the table as it is now (the lock just taken has processed
+// any pending invalidation, and holds off ALTER TABLE until this transaction ends).
+void map_outbox_columns(OutboxWriter *w) {
+    TupleDesc desc = RelationGetDescr(w->rel);
+    for (int c = 0; c < OUTBOX_NATTS; c++) w->column[c] = -1;
+    w->ndefaults = 0;
+    w->default_index = static_cast<int *>(palloc(sizeof(int) * desc->natts));
+    w->default_expr = static_cast<ExprState **>(palloc(sizeof(ExprState *) * desc->natts));
+    for (int i = 0; i < desc->natts; i++) {
+        Form_pg_attribute att = TupleDescAttr(desc, i);
+        if (att->attisdropped) continue;
+        int c = 0;
+        while (c < OUTBOX_NATTS && strcmp(NameStr(att->attname), outbox_columns[c].name) != 0) c++;
+        if (c < OUTBOX_NATTS) {
+            if (att->atttypid != outbox_columns[c].type)
+                outbox_mismatch(psprintf("Column \"%s\" has type %s, expected %s.", outbox_columns[c].name,
+                                         format_type_be(att->atttypid), format_type_be(outbox_columns[c].type)));
+            w->column[c] = i;
+            continue;
+        }
+        if (att->attgenerated) outbox_mismatch(psprintf("Column \"%s\" is generated.", NameStr(att->attname)));
+        if (Node *def = build_column_default(w->rel, i + 1)) {
+            // Evaluated inside the writer: nothing that could run SQL or change state.
+            if (contain_volatile_functions(def))
+                outbox_mismatch(psprintf("Column \"%s\" has a volatile default.", NameStr(att->attname)));
+            w->default_index[w->ndefaults] = i;
+            w->default_expr[w->ndefaults] = ExecPrepareExpr(reinterpret_cast<Expr *>(def), w->estate);
+            w->ndefaults++;
+        } else if (att->attnotnull) {
+            outbox_mismatch(psprintf("Column \"%s\" is NOT NULL without a default.", NameStr(att->attname)));
+        }
+    }
+    for (int c = 0; c < OUTBOX_NATTS; c++)
+        if (outbox_columns[c].required && w->column[c] < 0)
+            outbox_mismatch(psprintf("Column \"%s\" is missing.", outbox_columns[c].name));
+}
+
+}  // namespace
+
+void outbox_open(OutboxWriter *w, bool bulk) {
+    Oid nsp = bunce_namespace();
+    Oid relid = get_relname_relid("outbox", nsp);
+    w->seq = get_relname_relid("event_id_seq", nsp);
+    if (!OidIsValid(relid) || !OidIsValid(w->seq))
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("bunce.outbox is missing"),
+                        errhint("Reinstall the extension: DROP EXTENSION bunce; CREATE EXTENSION bunce.")));
+    w->rel = table_open(relid, RowExclusiveLock);
+    w->estate = CreateExecutorState();
+    map_outbox_columns(w);
+    w->rri = makeNode(ResultRelInfo);
+    InitResultRelInfo(w->rri, w->rel, 1, nullptr, 0);
+    ExecOpenIndices(w->rri, false);
+    w->slot = MakeSingleTupleTableSlot(RelationGetDescr(w->rel), &TTSOpsVirtual);
+    w->bistate = bulk ? GetBulkInsertState() : nullptr;
+    w->batch = nullptr;
+    w->nbatch = 0;
+    w->cxt = CurrentMemoryContext;
+    if (bulk) {
+        // slots made as needed: most statements change a few rows
+        w->batch = static_cast<TupleTableSlot **>(palloc0(sizeof(TupleTableSlot *) * OUTBOX_BATCH));
+    }
+}
+
+namespace {
+
+void outbox_flush(OutboxWriter *w) {
+    if (w->nbatch == 0) return;
+    table_multi_insert(w->rel, w->batch, w->nbatch, GetCurrentCommandId(true), 0, w->bistate);
+    for (int i = 0; i < w->nbatch; i++) {
+        ExecInsertIndexTuples(w->rri, w->batch[i], w->estate, false, false, nullptr, NIL);
+        ExecClearTuple(w->batch[i]);
+    }
+    ResetPerTupleExprContext(w->estate);
+    w->nbatch = 0;
+}
+
+// An idempotency key: a version 4 UUID from a generator of this backend, seeded once from
+// pg_strong_random. It must be unique, not secret (it is sent along with the event), and
+// OpenSSL's generator behind gen_random_uuid() costs more than the rest of an enqueue.
+Datum random_uuid() {
+    static pg_prng_state state;
+    static int seeded_pid = 0;
+    if (seeded_pid != MyProcPid) {  // once per process, never state inherited through fork
+        if (!pg_prng_strong_seed(&state))
+            ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not generate random values")));
+        seeded_pid = MyProcPid;
+    }
+    auto *u = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
+    const uint64 hi = pg_prng_uint64(&state), lo = pg_prng_uint64(&state);
+    memcpy(u->data, &hi, 8);
+    memcpy(u->data + 8, &lo, 8);
+    u->data[6] = (u->data[6] & 0x0f) | 0x40;  // version 4
+    u->data[8] = (u->data[8] & 0x3f) | 0x80;  // RFC 4122 variant
+    return UUIDPGetDatum(u);
+}
+
+// The writer for single rows, kept open for the rest of the command: a COPY or a multi-row
+// INSERT fires the row trigger once per row, and opening the outbox and its indexes each time
+// cost about as much as the insert. It lives in TopTransactionContext and its relations are
+// held by TopTransactionResourceOwner (the portal's may end first). It is closed before
+// commit, and replaced when the command counter moves on, so that it never misses a change
+// to the table made by an earlier command of the transaction. After an ERROR the transaction
+// abort releases it and restores CurrentResourceOwner.
+OutboxWriter *row_writer = nullptr;
+CommandId row_writer_cid = InvalidCommandId;
+
+}  // namespace
+
+int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
+    TupleTableSlot *slot = w->slot;
+    if (w->batch) {
+        if (!w->batch[w->nbatch]) {
+            MemoryContext old = MemoryContextSwitchTo(w->cxt);
+            w->batch[w->nbatch] = table_slot_create(w->rel, nullptr);
+            MemoryContextSwitchTo(old);
+        }
+        slot = w->batch[w->nbatch];
+    }
+    ExecClearTuple(slot);
+    const int64 id = nextval_internal(w->seq, false);
+    const TimestampTz now = GetCurrentTransactionStartTimestamp();
+    Datum *v = slot->tts_values;
+    bool *n = slot->tts_isnull;
+    for (int i = 0; i < slot->tts_tupleDescriptor->natts; i++) n[i] = true;
+    for (int d = 0; d < w->ndefaults; d++) {
+        const int i = w->default_index[d];
+        v[i] = ExecEvalExprSwitchContext(w->default_expr[d], GetPerTupleExprContext(w->estate), &n[i]);
+    }
+    auto set = [&](int c, Datum d) {
+        v[w->column[c]] = d;
+        n[w->column[c]] = false;
+    };
+    set(COL_ID, Int64GetDatum(id));
+    set(COL_EVENT_ID, event_id);
+    set(COL_PAYLOAD, payload);
+    set(COL_IDEMPOTENCY_KEY, random_uuid());
+    set(COL_ENQUEUED_AT, TimestampTzGetDatum(now));
+    set(COL_NEXT_ATTEMPT_AT, TimestampTzGetDatum(now));
+    set(COL_ATTEMPTS, Int32GetDatum(0));
+    set(COL_POSSIBLE_DUPLICATE, BoolGetDatum(false));
+    ExecStoreVirtualTuple(slot);
+    if (w->batch) {
+        ExecMaterializeSlot(slot);  // its values live in the caller's per-row memory
+        if (++w->nbatch == OUTBOX_BATCH) outbox_flush(w);
+    } else {
+        table_tuple_insert(w->rel, slot, GetCurrentCommandId(true), 0, nullptr);
+        ExecInsertIndexTuples(w->rri, slot, w->estate, false, false, nullptr, NIL);
+        ResetPerTupleExprContext(w->estate);
+    }
+    note_enqueued(1);
+    return id;
+}
+
+void outbox_close(OutboxWriter *w) {
+    if (w->batch) {
+        outbox_flush(w);
+        for (int i = 0; i < OUTBOX_BATCH && w->batch[i]; i++) ExecDropSingleTupleTableSlot(w->batch[i]);
+    }
+    if (w->bistate) FreeBulkInsertState(w->bistate);
+    ExecDropSingleTupleTableSlot(w->slot);
+    ExecCloseIndices(w->rri);
+    FreeExecutorState(w->estate);
+    table_close(w->rel, NoLock);
+}
+
+void close_row_writer() {
+    if (!row_writer) return;
+    ResourceOwner save = CurrentResourceOwner;
+    CurrentResourceOwner = TopTransactionResourceOwner;
+    outbox_close(row_writer);
+    CurrentResourceOwner = save;
+    pfree(row_writer);
+    row_writer = nullptr;
+}
+
+void forget_row_writer() { row_writer = nullptr; }
+
+OutboxWriter *single_row_writer() {
+    const CommandId cid = GetCurrentCommandId(false);
+    if (row_writer && row_writer_cid == cid) return row_writer;
+    close_row_writer();
+    MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+    ResourceOwner save = CurrentResourceOwner;
+    CurrentResourceOwner = TopTransactionResourceOwner;
+    auto *w = static_cast<OutboxWriter *>(palloc(sizeof(OutboxWriter)));
+    outbox_open(w, false);
+    CurrentResourceOwner = save;
+    MemoryContextSwitchTo(old);
+    row_writer = w;
+    row_writer_cid = cid;
+    return w;
+}
+
+}  // namespace bunce_pg

@@ -1,0 +1,167 @@
+// The worker's C++ side. See sender.hpp.
+#include <cstring>
+#include <ctime>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "guard.hpp"
+#include "http_sender.hpp"
+#include "rate_limiter.hpp"
+#include "sender.hpp"
+#include "settings.hpp"
+
+extern "C" {
+#include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/timestamp.h"
+}
+
+namespace bunce_pg {
+namespace {
+
+struct Delivery {
+    bunce::HttpSender sender;
+    bunce::RateLimiter limiter;
+    std::vector<bunce::HttpRequest> staged;     // claimed, sent once the claim has committed
+    std::unordered_map<int64_t, int> attempts;  // claimed or in flight: outbox id -> attempt number
+    std::mt19937_64 random{std::random_device{}()};
+};
+Delivery *delivery = nullptr;  // never destroyed: the process exits instead
+
+CoreError cpp_error;
+
+constexpr size_t kResponseChars = 2000;  // of Bunce's answer, kept with a dead letter
+
+// Retry schedule: attempt n waits a random time in [0.5 s, min(10 min, 2^(n-1) s)].
+constexpr int64 kBackoffBaseMs = 1000;
+constexpr int64 kBackoffCapMs = 10 * 60 * 1000;
+
+void check(bool ok) {
+    if (!ok) raise(cpp_error, "bunce worker");
+}
+
+}  // namespace
+
+void sender_start() {
+    check(guarded(cpp_error, [] { delivery = new Delivery(); }));
+}
+
+void sender_configure() {
+    check(guarded(cpp_error, [] {
+        bunce::SenderOptions o;
+        std::string url = api_url;
+        while (!url.empty() && url.back() == '/') url.pop_back();
+        o.url = url + "/events/trigger";
+        o.api_key = api_key();
+        o.user_agent = "bunce/" BUNCE_VERSION;
+        o.ca_file = ca_file ? ca_file : "";
+        o.proxy = https_proxy ? https_proxy : "";
+        o.timeout_ms = request_timeout_ms;
+        delivery->sender.configure(o);
+        delivery->limiter.set_limit(rate_limit);
+    }));
+}
+
+// The request is built straight from the payload text: the worker keeps one copy of each
+// payload in flight, no more.
+void sender_stage(int64 id, int attempts, const char *event_id, const char *payload, const char *key) {
+    check(guarded(cpp_error, [&] {
+        std::string body;
+        body.reserve(strlen(payload) + 64);
+        body += "{\"event_id\":\"";
+        body += event_id;
+        body += "\",\"payload\":";
+        body += payload;
+        body += '}';
+        delivery->staged.push_back({id, std::move(body), key});
+        delivery->attempts[id] = attempts;
+    }));
+}
+
+void sender_submit_staged() {
+    check(guarded(cpp_error, [] {
+        const int64_t now = bunce::monotonic_us();
+        for (auto &r : delivery->staged) {
+            delivery->sender.submit(std::move(r));
+            delivery->limiter.record(now);
+        }
+        delivery->staged.clear();
+    }));
+}
+
+int sender_collect(Answer **out, bunce::SenderPause &pause) {
+    int n = 0;
+    const bool utf8 = GetDatabaseEncoding() == PG_UTF8;
+    const int64_t now_us = GetCurrentTimestamp();  // the clock of bunce.status's paused_until
+    const bunce::RetryPolicy policy{max_attempts, kBackoffBaseMs, kBackoffCapMs};
+    check(guarded(cpp_error, [&] {
+        std::vector<bunce::HttpAnswer> answers = delivery->sender.take_answers();
+        if (answers.empty()) return;
+        auto *r = static_cast<Answer *>(palloc_extended(sizeof(Answer) * answers.size(), MCXT_ALLOC_NO_OOM));
+        if (!r) throw std::bad_alloc();
+        const int64_t now_epoch_s = time(nullptr);
+        // Bunce's answers are UTF-8; a database in another encoding keeps their ASCII only,
+        // since a conversion that fails would stop the worker.
+        auto keep = [utf8](std::string t) {
+            if (!utf8)
+                for (char &c : t)
+                    if (static_cast<unsigned char>(c) >= 0x80) c = '?';
+            return pstrdup_nothrow(t.data(), t.size());
+        };
+        for (const auto &a : answers) {
+            bunce::Verdict v = bunce::classify(a.status, a.body, a.error);
+            Answer &x = r[n++];
+            x.id = a.id;
+            x.status = static_cast<int>(a.status);
+            x.outcome = v.outcome;
+            const int attempts = delivery->attempts[a.id];
+            delivery->attempts.erase(a.id);
+            x.decision =
+                bunce::decide_answer(v, a.status, attempts, bunce::parse_retry_after(a.retry_after, now_epoch_s),
+                                     policy, now_us, delivery->random(), pause);
+            x.message = keep(std::move(v.message));
+            x.response = keep(bunce::printable_text(a.body, kResponseChars));
+        }
+        *out = r;
+    }));
+    return n;
+}
+
+int sender_poll_fd() {
+    int fd = -1;
+    check(guarded(cpp_error, [&] { fd = delivery->sender.poll_fd(); }));
+    return fd;
+}
+
+long sender_timeout_ms() {
+    long ms = -1;
+    check(guarded(cpp_error, [&] { ms = delivery->sender.timeout_ms(); }));
+    return ms;
+}
+
+void sender_on_ready() {
+    check(guarded(cpp_error, [] { delivery->sender.on_ready(); }));
+}
+
+void sender_on_timeout() {
+    check(guarded(cpp_error, [] { delivery->sender.on_timeout(); }));
+}
+
+int sender_in_flight() { return static_cast<int>(delivery->sender.in_flight()); }
+int64 sender_limiter_wait_us() { return delivery->limiter.wait_us(bunce::monotonic_us()); }
+
+Datum sender_held_ids() {
+    Datum *ids = nullptr;
+    int n = 0;
+    check(guarded(cpp_error, [&] {
+        ids = static_cast<Datum *>(palloc_extended(sizeof(Datum) * (delivery->attempts.size() + 1), MCXT_ALLOC_NO_OOM));
+        if (!ids) throw std::bad_alloc();
+        for (const auto &a : delivery->attempts) ids[n++] = Int64GetDatum(a.first);
+    }));
+    return PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+}
+
+}  // namespace bunce_pg

@@ -1,0 +1,42 @@
+// The worker's C++ side (sender.cpp): libcurl sender, rate limiter, what is in flight. Each
+// function runs its C++ inside guarded() and raises the ERROR afterwards, so callers only
+// ever see plain palloc'd data.
+#pragma once
+
+#include "policy.hpp"
+
+extern "C" {
+#include "postgres.h"
+}
+
+namespace bunce_pg {
+
+// One answer, classified, with the policy's decision (bunce::decide_answer).
+struct Answer {
+    int64 id;
+    int status;  // HTTP status, 0 when there was no answer
+    bunce::Outcome outcome;
+    bunce::AnswerDecision decision;
+    char *message;
+    char *response;  // Bunce's answer body, bounded and cleaned ("" when none)
+};
+
+void sender_start();
+// Applies the settings (URL, key, timeouts, proxy, rate limit); after each reload.
+void sender_configure();
+// A claimed event's request, sent by sender_submit_staged() once the claim has committed.
+void sender_stage(int64 id, int attempts, const char *event_id, const char *payload, const char *key);
+void sender_submit_staged();
+// Answers that arrived, decided; returns how many, *out palloc'd. Updates `pause`.
+int sender_collect(Answer **out, bunce::SenderPause &pause);
+
+int sender_poll_fd();      // readable when a socket needs attention
+long sender_timeout_ms();  // libcurl's timer, -1 when none
+void sender_on_ready();
+void sender_on_timeout();
+int sender_in_flight();
+int64 sender_limiter_wait_us();
+// The outbox ids of the requests claimed or in flight, as a bigint[].
+Datum sender_held_ids();
+
+}  // namespace bunce_pg

@@ -1,0 +1,51 @@
+// The shared memory segment: one Shared struct, made at server start.
+#include <cstring>
+
+#include "shmem.hpp"
+
+extern "C" {
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+}
+
+namespace bunce_pg {
+
+Shared *shared = nullptr;
+
+namespace {
+
+shmem_request_hook_type prev_shmem_request_hook = nullptr;
+shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
+
+void shmem_request() {
+    if (prev_shmem_request_hook) prev_shmem_request_hook();
+    RequestAddinShmemSpace(MAXALIGN(sizeof(Shared)));
+}
+
+void shmem_startup() {
+    if (prev_shmem_startup_hook) prev_shmem_startup_hook();
+    LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+    bool found;
+    shared = static_cast<Shared *>(ShmemInitStruct("bunce", sizeof(Shared), &found));
+    if (!found) {
+        memset(shared, 0, sizeof(Shared));
+        SpinLockInit(&shared->mutex);
+        pg_atomic_init_u64(&shared->committed, 0);
+        pg_atomic_init_u32(&shared->work_signalled, 0);
+        shared->state = WORKER_STOPPED;
+    }
+    LWLockRelease(AddinShmemInitLock);
+}
+
+}  // namespace
+
+void install_shmem_hooks() {
+    prev_shmem_request_hook = shmem_request_hook;
+    shmem_request_hook = shmem_request;
+    prev_shmem_startup_hook = shmem_startup_hook;
+    shmem_startup_hook = shmem_startup;
+}
+
+}  // namespace bunce_pg

@@ -1,0 +1,363 @@
+// The worker's SQL. Each statement is prepared once and kept; an error names the statement.
+#include <cstring>
+
+#include "settings.hpp"
+#include "shmem.hpp"
+#include "worker_sql.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "pgstat.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+}
+
+namespace bunce_pg {
+
+volatile sig_atomic_t in_transaction = false;
+
+namespace {
+
+struct Statement {
+    const char *name;  // in errors
+    SPIPlanPtr plan;
+};
+Statement claim_stmt{"claiming events"}, delivered_stmt{"removing delivered events"},
+    delivered_logged_stmt{"moving delivered events to bunce.deliveries"},
+    dead_stmt{"moving events to bunce.dead_letters"}, retry_stmt{"scheduling retries"},
+    next_due_stmt{"finding the next retry"};
+
+void prepare(Statement &s, const char *sql, int nargs, Oid *types) {
+    s.plan = SPI_prepare(sql, nargs, types);
+    if (!s.plan)
+        elog(ERROR, "bunce worker: could not prepare the statement for %s: %s", s.name,
+             SPI_result_code_string(SPI_result));
+    SPI_keepplan(s.plan);
+}
+
+void prepare_statements() {
+    if (claim_stmt.plan) return;
+    Oid claim_types[] = {INT4OID};
+    // The claim is bunce.claim(), which the isolation specs test as it is.
+    prepare(claim_stmt, "SELECT id, attempts, event_id, payload, idempotency_key FROM bunce.claim($1)", 1, claim_types);
+    Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID};
+    prepare(delivered_stmt, "DELETE FROM bunce.outbox WHERE id = ANY ($1)", 1, del_types);
+    prepare(delivered_logged_stmt,
+            "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[])) "
+            "           AS a(id, status)), "
+            "d AS (DELETE FROM bunce.outbox o USING a WHERE o.id = a.id "
+            "      RETURNING o.id, o.event_id, o.idempotency_key, a.status, o.attempts, o.enqueued_at) "
+            "INSERT INTO bunce.deliveries (id, event_id, idempotency_key, http_status, attempts, enqueued_at) "
+            "SELECT * FROM d "
+            "ON CONFLICT (id) DO UPDATE SET delivered_at = pg_catalog.now(), http_status = excluded.http_status, "
+            "                               attempts = excluded.attempts",
+            2, del_types);
+    Oid dead_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+    prepare(dead_stmt,
+            "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), "
+            "                                    pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), "
+            "                                    pg_catalog.unnest($5::text[])) "
+            "           AS a(id, status, message, reason, response)), "
+            "d AS (DELETE FROM bunce.outbox o USING a WHERE o.id = a.id "
+            "      RETURNING o.*, a.status AS a_status, a.message AS a_message, a.reason AS a_reason, "
+            "                a.response AS a_response) "
+            "INSERT INTO bunce.dead_letters (id, event_id, payload, idempotency_key, reason, http_status, "
+            "    message, response, attempts, enqueued_at, first_attempt_at, last_attempt_at) "
+            "SELECT id, event_id, payload, idempotency_key, a_reason, nullif(a_status, 0), a_message, "
+            "       nullif(a_response, ''), attempts, enqueued_at, first_attempt_at, sending_since FROM d",
+            5, dead_types);
+    Oid retry_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
+    prepare(retry_stmt,
+            "UPDATE bunce.outbox o SET sending_since = NULL, "
+            "       next_attempt_at = pg_catalog.statement_timestamp() + a.delay_ms * interval '1 millisecond', "
+            "       last_status = nullif(a.status, 0), last_error = a.message, "
+            "       attempts = o.attempts - a.uncounted "
+            "FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), "
+            "                pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), "
+            "                pg_catalog.unnest($5::integer[])) "
+            "     AS a(id, status, message, delay_ms, uncounted) "
+            "WHERE o.id = a.id",
+            5, retry_types);
+    prepare(next_due_stmt,
+            "SELECT next_attempt_at FROM bunce.outbox WHERE sending_since IS NULL "
+            "ORDER BY next_attempt_at, id LIMIT 1",
+            0, nullptr);
+}
+
+void run(const Statement &s, Datum *args, int expected) {
+    const int rc = SPI_execute_plan(s.plan, args, nullptr, false, 0);
+    if (rc != expected) elog(ERROR, "bunce worker: %s failed: %s", s.name, SPI_result_code_string(rc));
+}
+
+// A one-off statement returning one bigint (0 for NULL).
+int64 query_int(const char *what, const char *sql, int nargs = 0, Oid *types = nullptr, Datum *args = nullptr) {
+    if (SPI_execute_with_args(sql, nargs, types, args, nullptr, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+        elog(ERROR, "bunce worker: %s failed", what);
+    bool isnull;
+    const Datum d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    return isnull ? 0 : DatumGetInt64(d);
+}
+
+struct Batch {  // the arrays of one statement
+    int n;
+    Datum *ids, *statuses, *messages, *extra, *extra2;
+};
+
+void batch_init(Batch *b, int cap) {
+    b->n = 0;
+    b->ids = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
+    b->statuses = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
+    b->messages = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
+    b->extra = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
+    b->extra2 = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
+}
+
+Datum int8s(Datum *d, int n) { return PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE)); }
+Datum int4s(Datum *d, int n) { return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT)); }
+Datum texts(Datum *d, int n) { return PointerGetDatum(construct_array(d, n, TEXTOID, -1, false, TYPALIGN_INT)); }
+
+void add_dead(Batch *b, int64 id, int status, const char *message, const char *reason, const char *response) {
+    b->ids[b->n] = Int64GetDatum(id);
+    b->statuses[b->n] = Int32GetDatum(status);
+    b->messages[b->n] = CStringGetTextDatum(message);
+    b->extra[b->n] = CStringGetTextDatum(reason);
+    b->extra2[b->n] = CStringGetTextDatum(response);
+    b->n++;
+}
+
+void write_dead(Batch *b) {
+    Datum args[] = {int8s(b->ids, b->n), int4s(b->statuses, b->n), texts(b->messages, b->n), texts(b->extra, b->n),
+                    texts(b->extra2, b->n)};
+    run(dead_stmt, args, SPI_OK_INSERT);
+}
+
+MemoryContext caller_cxt;  // current at begin(), current again after end()
+
+}  // namespace
+
+void begin(const char *activity) {
+    caller_cxt = CurrentMemoryContext;
+    in_transaction = true;
+    SetCurrentStatementStartTimestamp();
+    StartTransactionCommand();
+    SPI_connect();
+    PushActiveSnapshot(GetTransactionSnapshot());
+    pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+void end() {
+    SPI_finish();
+    PopActiveSnapshot();
+    CommitTransactionCommand();
+    in_transaction = false;
+    pgstat_report_activity(STATE_IDLE, nullptr);
+    MemoryContextSwitchTo(caller_cxt);
+}
+
+ExtensionCheck check_extension(char *why, size_t size) {
+    const char *sql = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'bunce'";
+    if (SPI_execute(sql, true, 0) != SPI_OK_SELECT) elog(ERROR, "bunce worker: reading pg_extension failed");
+    if (SPI_processed == 0) {
+        strlcpy(why, "extension bunce is not installed in this database", size);
+        return EXTENSION_MISSING;
+    }
+    const char *version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+    if (strcmp(version, BUNCE_VERSION) == 0) return EXTENSION_READY;
+    snprintf(why, size, "extension bunce is at version %s here, the library is %s: run ALTER EXTENSION bunce UPDATE",
+             version, BUNCE_VERSION);
+    return EXTENSION_OTHER_VERSION;
+}
+
+void start_delivering() {
+    prepare_statements();
+    release_claims(true);
+    recount_queue();
+}
+
+Recorded record_answers(const Answer *answers, int n) {
+    Recorded out{0, 0, 0, nullptr};
+    Batch ok, gone, again;
+    batch_init(&ok, n);
+    batch_init(&gone, n);
+    batch_init(&again, n);
+    for (int i = 0; i < n; i++) {
+        const Answer &x = answers[i];
+        if (x.outcome != bunce::Outcome::delivered) out.last_error = &x;
+        switch (x.decision.action) {
+            case bunce::RowAction::remove:
+                ok.ids[ok.n] = Int64GetDatum(x.id);
+                ok.statuses[ok.n] = Int32GetDatum(x.status);
+                ok.n++;
+                break;
+            case bunce::RowAction::dead_letter:
+                add_dead(&gone, x.id, x.status, x.message, x.decision.dead_letter_reason, x.response);
+                break;
+            case bunce::RowAction::retry:
+                again.ids[again.n] = Int64GetDatum(x.id);
+                again.statuses[again.n] = Int32GetDatum(x.status);
+                again.messages[again.n] = CStringGetTextDatum(x.message);
+                again.extra[again.n] = Int64GetDatum(x.decision.retry_delay_ms);
+                again.extra2[again.n] = Int32GetDatum(x.decision.attempt_counted ? 0 : 1);
+                again.n++;
+                break;
+        }
+    }
+    if (ok.n) {
+        if (delivery_log_retention_s > 0) {
+            Datum args[] = {int8s(ok.ids, ok.n), int4s(ok.statuses, ok.n)};
+            run(delivered_logged_stmt, args, SPI_OK_INSERT);
+        } else {
+            Datum args[] = {int8s(ok.ids, ok.n)};
+            run(delivered_stmt, args, SPI_OK_DELETE);
+        }
+    }
+    if (gone.n) write_dead(&gone);
+    if (again.n) {
+        Datum args[] = {int8s(again.ids, again.n), int4s(again.statuses, again.n), texts(again.messages, again.n),
+                        int8s(again.extra, again.n), int4s(again.extra2, again.n)};
+        run(retry_stmt, args, SPI_OK_UPDATE);
+    }
+    out.delivered = ok.n;
+    out.dead = gone.n;
+    out.retried = again.n;
+    return out;
+}
+
+// A payload over bunce.max_payload_size (enqueued before the limit was lowered, or written
+// into the outbox by hand) is not sent: it becomes a dead letter at once, so the worker never
+// holds more than bunce.max_in_flight payloads of that size.
+Claimed claim_events(int limit) {
+    Datum args[] = {Int32GetDatum(limit)};
+    run(claim_stmt, args, SPI_OK_SELECT);
+    const int n = static_cast<int>(SPI_processed);
+    SPITupleTable *claimed = SPI_tuptable;
+    Batch big;
+    batch_init(&big, n);
+    // The payload arrives as jsonb, still compressed or in TOAST, and becomes text one row at
+    // a time: the claim never holds more than one payload besides those staged.
+    MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "bunce claim row", ALLOCSET_DEFAULT_SIZES);
+    for (int i = 0; i < n; i++) {
+        HeapTuple t = claimed->vals[i];
+        TupleDesc d = claimed->tupdesc;
+        bool isnull;
+        const int64 id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+        MemoryContext old = MemoryContextSwitchTo(row_cxt);
+        Jsonb *jb = DatumGetJsonbP(SPI_getbinval(t, d, 4, &isnull));
+        // Enqueued payloads were measured as sent; one written by hand could write out to far
+        // more than its stored size (numbers): that is not even made text.
+        const bool huge = VARSIZE(jb) > 8 * static_cast<size_t>(max_payload_size);
+        char *payload = huge ? nullptr : JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+        // JSON on the wire is UTF-8, whatever the database's encoding.
+        if (payload && GetDatabaseEncoding() != PG_UTF8)
+            payload = pg_server_to_any(payload, static_cast<int>(strlen(payload)), PG_UTF8);
+        MemoryContextSwitchTo(old);
+        const size_t size = payload ? strlen(payload) : VARSIZE(jb);
+        if (size > static_cast<size_t>(max_payload_size)) {
+            add_dead(&big, id, 0,
+                     psprintf("not sent: the payload is %zu bytes, more than bunce.max_payload_size (%d bytes)", size,
+                              max_payload_size),
+                     "invalid", "");
+        } else {
+            sender_stage(id, DatumGetInt32(SPI_getbinval(t, d, 2, &isnull)), SPI_getvalue(t, d, 3), payload,
+                         SPI_getvalue(t, d, 5));
+        }
+        MemoryContextReset(row_cxt);
+    }
+    MemoryContextDelete(row_cxt);
+    if (big.n) write_dead(&big);
+    return {n - big.n, big.n};
+}
+
+TimestampTz next_due() {
+    run(next_due_stmt, nullptr, SPI_OK_SELECT);
+    if (SPI_processed == 0) return 0;
+    bool isnull;
+    return DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+int64 count_waiting_retry() {
+    return query_int("counting retries",
+                     "SELECT pg_catalog.count(*) FROM bunce.outbox "
+                     "WHERE next_attempt_at > pg_catalog.statement_timestamp() AND sending_since IS NULL");
+}
+
+namespace {
+// A claim lasts at most a request's time limit; one this much older is held by no request.
+constexpr int kClaimMarginMs = 30000;
+}  // namespace
+
+// At start-up all claims (what a crash or a stop left behind); later those older than a
+// request can last (restored with the outbox, or left by an earlier worker). Such an event
+// was possibly sent: it is marked, counted and sent again, with the same Idempotency-Key.
+void release_claims(bool all) {
+    char sql[512];
+    char older[256] = "";
+    if (!all)  // the requests this worker has in flight may outlast a lowered request_timeout
+        snprintf(older, sizeof older,
+                 "AND sending_since < pg_catalog.statement_timestamp() - interval '%d milliseconds' "
+                 "AND id <> ALL ($1) ",
+                 request_timeout_ms + kClaimMarginMs);
+    snprintf(sql, sizeof sql,
+             "WITH r AS (UPDATE bunce.outbox SET sending_since = NULL, possible_duplicate = true, "
+             "next_attempt_at = least(next_attempt_at, pg_catalog.statement_timestamp()) "
+             "WHERE sending_since IS NOT NULL %sRETURNING 1) SELECT pg_catalog.count(*) FROM r",
+             older);
+    Datum held = all ? static_cast<Datum>(0) : sender_held_ids();
+    Oid types[] = {INT8ARRAYOID};
+    const int64 resent = query_int("releasing claims", sql, all ? 0 : 1, types, &held);
+    if (resent == 0) return;
+    SpinLockAcquire(&shared->mutex);
+    shared->possibly_duplicated += resent;
+    SpinLockRelease(&shared->mutex);
+    ereport(
+        LOG,
+        (all ? errmsg("bunce worker: %lld events were in flight when delivery stopped; they will be sent again",
+                      static_cast<long long>(resent))
+             : errmsg(
+                   "bunce worker: %lld events were claimed longer ago than a request can last; they will be sent again",
+                   static_cast<long long>(resent)),
+         errdetail(
+             "Their rows in bunce.outbox are marked possible_duplicate; each request carries the same Idempotency-Key.")));
+}
+
+// Between counts bunce.status.queued follows commits (counted at commit in this database) and
+// answers; a count corrects what those miss: COMMIT PREPARED, rows restored or written by
+// hand, DELETEs by hand.
+void recount_queue() {
+    const uint64 committed = pg_atomic_read_u64(&shared->committed);
+    const int64 queued = query_int("counting the queue", "SELECT pg_catalog.count(*) FROM bunce.outbox");
+    SpinLockAcquire(&shared->mutex);
+    shared->queued_base = queued;
+    shared->committed_at_base = committed;
+    SpinLockRelease(&shared->mutex);
+}
+
+void prune_deliveries(TimestampTz now) {
+    static TimestampTz last_prune = 0;
+    if (now - last_prune < 60 * USECS_PER_SEC) return;
+    last_prune = now;
+    begin("bunce: pruning bunce.deliveries");
+    // With retention 0 (the log is off) whatever is left goes, oldest first or not.
+    const char *sql =
+        delivery_log_retention_s == 0
+            ? "WITH d AS (DELETE FROM bunce.deliveries WHERE id IN "
+              "(SELECT id FROM bunce.deliveries LIMIT 5000) RETURNING 1) SELECT pg_catalog.count(*) FROM d"
+            : "WITH d AS (DELETE FROM bunce.deliveries WHERE id IN (SELECT id FROM bunce.deliveries "
+              "WHERE delivered_at < pg_catalog.now() - $1 * interval '1 second' ORDER BY delivered_at LIMIT 5000) "
+              "RETURNING 1) SELECT pg_catalog.count(*) FROM d";
+    Oid types[] = {INT4OID};
+    Datum args[] = {Int32GetDatum(delivery_log_retention_s)};
+    const int64 removed =
+        query_int("pruning bunce.deliveries", sql, delivery_log_retention_s == 0 ? 0 : 1, types, args);
+    end();
+    if (removed == 5000) last_prune = 0;  // more to do: next round, in small batches
+}
+
+}  // namespace bunce_pg

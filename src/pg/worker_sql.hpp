@@ -1,0 +1,57 @@
+// All of the worker's SQL (worker_sql.cpp): its transactions, the claim, recording answers,
+// recovery of claims, counting and pruning. Every statement is schema-qualified and runs
+// with the session settings the worker pinned.
+#pragma once
+
+#include <csignal>
+
+#include "sender.hpp"
+
+extern "C" {
+#include "postgres.h"
+#include "datatype/timestamp.h"
+}
+
+namespace bunce_pg {
+
+// True between begin() and end(): SIGTERM then ends the worker at the next interrupt check.
+extern volatile sig_atomic_t in_transaction;
+
+// A short transaction with a snapshot and SPI; `activity` is shown in pg_stat_activity.
+void begin(const char *activity);
+void end();
+
+// Whether extension bunce is installed here at this library's version; otherwise why not.
+enum ExtensionCheck { EXTENSION_MISSING, EXTENSION_OTHER_VERSION, EXTENSION_READY };
+ExtensionCheck check_extension(char *why, size_t size);
+// Once the extension is usable (after a start, or after it was created again): prepares the
+// statements, releases every claim (what a crash or a stop left behind) and counts the queue.
+void start_delivering();
+
+struct Recorded {
+    int delivered;             // removed after a 2xx
+    int dead;                  // became dead letters
+    int retried;               // back in the queue
+    const Answer *last_error;  // the last answer that was not a success, or nullptr
+};
+Recorded record_answers(const Answer *answers, int n);
+
+struct Claimed {
+    int staged;    // requests staged in the sender
+    int oversize;  // payloads over bunce.max_payload_size, dead letters at once
+};
+// Claims up to `limit` due events (bunce.claim) and stages their requests.
+Claimed claim_events(int limit);
+
+// The earliest next_attempt_at of an unclaimed event, 0 when none.
+TimestampTz next_due();
+// Unclaimed events waiting for a retry.
+int64 count_waiting_retry();
+// Makes claims due again that no request of this worker holds (see worker_sql.cpp).
+void release_claims(bool all);
+// Counts the queue for bunce.status.
+void recount_queue();
+// Deletes old rows of bunce.deliveries, at most every minute; 5000 at a time.
+void prune_deliveries(TimestampTz now);
+
+}  // namespace bunce_pg
