@@ -60,22 +60,9 @@ enum StatusColumn {
     STATUS_NATTS
 };
 
-}  // namespace
-}  // namespace bunce_pg
-
-void _PG_init(void) {
-    if (IsBinaryUpgrade) return;
-    bunce_pg::define_gucs();
-    bunce_pg::register_commit_hooks();
-    if (!process_shared_preload_libraries_in_progress) return;  // no worker, enqueue only
-    bunce_pg::install_shmem_hooks();
-    bunce_pg::register_worker();
-}
-
 // One row of worker state for bunce.status. Without shared_preload_libraries there is no
 // worker: the row says so instead of failing, so that the view always answers.
-Datum bunce_worker_state(PG_FUNCTION_ARGS) {
-    using namespace bunce_pg;
+Datum worker_state_row(FunctionCallInfo fcinfo) {
     TupleDesc tupdesc;
     if (get_call_result_type(fcinfo, nullptr, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
@@ -142,3 +129,17 @@ Datum bunce_worker_state(PG_FUNCTION_ARGS) {
     if (s.started_at) set(STATUS_STARTED_AT, TimestampTzGetDatum(s.started_at));
     PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
+
+}  // namespace
+}  // namespace bunce_pg
+
+void _PG_init(void) {
+    if (IsBinaryUpgrade) return;
+    bunce_pg::define_gucs();
+    bunce_pg::register_commit_hooks();
+    if (!process_shared_preload_libraries_in_progress) return;  // no worker, enqueue only
+    bunce_pg::install_shmem_hooks();
+    bunce_pg::register_worker();
+}
+
+Datum bunce_worker_state(PG_FUNCTION_ARGS) { return bunce_pg::worker_state_row(fcinfo); }

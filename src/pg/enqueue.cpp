@@ -141,6 +141,8 @@ int64 refuse_event(const CoreError &err, const char *context, Datum event_id, bo
     return id;
 }
 
+namespace {
+
 // bunce_trigger(event_id uuid, payload jsonb), returning the event's id.
 Datum enqueue_event(FunctionCallInfo fcinfo) {
     check_writable("bunce_trigger()");
@@ -167,6 +169,7 @@ Datum enqueue_event(FunctionCallInfo fcinfo) {
     PG_RETURN_INT64(outbox_insert(single_row_writer(), event_id, payload));
 }
 
+}  // namespace
 }  // namespace bunce_pg
 
 Datum bunce_trigger_enqueue(PG_FUNCTION_ARGS) { return bunce_pg::enqueue_event(fcinfo); }

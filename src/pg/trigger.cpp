@@ -212,8 +212,6 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringI
     outbox_insert(w, UUIDPGetDatum(&s->event_id), payload);
 }
 
-}  // namespace
-
 // The trigger function behind bunce_trigger(): one row, or a transition table's rows.
 Datum fire_trigger(FunctionCallInfo fcinfo) {
     if (!CALLED_AS_TRIGGER(fcinfo))
@@ -263,6 +261,7 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
     return PointerGetDatum(nullptr);
 }
 
+}  // namespace
 }  // namespace bunce_pg
 
 Datum bunce_trigger_row(PG_FUNCTION_ARGS) { return bunce_pg::fire_trigger(fcinfo); }

@@ -37,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(strncasecmp(url.c_str(), "http://", 7) == 0, "accepted a scheme other than http(s)");
     if (url.find('\0') != url.npos) return 0;  // a GUC string has no NUL
 
-    // As the worker builds it (worker.cpp): api_url + "/events/trigger".
+    // As the worker builds it (src/pg/sender.cpp): api_url + "/events/trigger".
     const std::string full = url + "/events/trigger";
     CURLU *h = curl_url();
     if (curl_url_set(h, CURLUPART_URL, full.c_str(), 0) == CURLUE_OK) {
