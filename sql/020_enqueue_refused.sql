@@ -2,16 +2,7 @@
 -- SQLSTATE, a message and a hint, and nothing is enqueued.
 CREATE EXTENSION bunce;
 
--- Runs a statement and shows how it failed (or 'ok').
-CREATE FUNCTION try_sql(sql text, OUT code text, OUT message text, OUT hint text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
-END
-$$;
+\ir sql/include/try_sql.sql
 
 -- Not STRICT: NULL arguments reach the function and are refused, never silently ignored.
 SELECT proname, proisstrict FROM pg_proc

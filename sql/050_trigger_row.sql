@@ -2,15 +2,7 @@
 -- every way of setting it up wrong.
 CREATE EXTENSION bunce;
 
-CREATE FUNCTION try_sql(sql text, OUT code text, OUT message text, OUT hint text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
-END
-$$;
+\ir sql/include/try_sql.sql
 
 CREATE TABLE customers (id bigint PRIMARY KEY, email text, name text, note text);
 

@@ -3,15 +3,7 @@
 -- the API key is for superusers only and never shown.
 CREATE EXTENSION bunce;
 
-CREATE FUNCTION try_sql(sql text, OUT code text, OUT message text, OUT hint text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := 'ok';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
-END
-$$;
+\ir sql/include/try_sql.sql
 GRANT EXECUTE ON FUNCTION try_sql(text) TO PUBLIC;
 
 CREATE ROLE regress_bunce_app;

@@ -1,9 +1,11 @@
-# Sourced by test/run-tests.sh and demo/run: installs, as root, the Debian 12 packages that
-# building, testing and the demo need. Does nothing when they are all there.
+# Sourced by test/run-tests.sh, demo/run and bench/run: installs, as root, the Debian 12
+# packages that building, testing, the demo and the benchmarks need. Does nothing when they
+# are all there.
 # clang-14 and libclang-rt-14-dev: libFuzzer and the sanitizer runtimes (fuzz, sanitize suites).
+# python3-psycopg: bench/run's PostgreSQL client.
 BUNCE_PACKAGES="build-essential cmake pkg-config postgresql-15 postgresql-server-dev-15
   libcurl4-openssl-dev nlohmann-json3-dev libgtest-dev libipc-run-perl python3 curl
-  clang-14 libclang-rt-14-dev"
+  clang-14 libclang-rt-14-dev python3-psycopg"
 install_bunce_deps() {
     [ "$(id -u)" = 0 ] || return 0
     # shellcheck disable=SC2086

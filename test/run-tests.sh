@@ -32,7 +32,7 @@ PROVE_TESTS=${PROVE_TESTS:-test/t/*.pl}
 run_ctest() {
     local name=$1 log=$2 dir=$3
     shift 3
-    if cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >"$log.build" 2>&1 &&
+    if cmake -S . -B "$dir" "$@" >"$log.build" 2>&1 &&
        make -C "$dir" -j2 >>"$log.build" 2>&1; then
         (cd "$dir" && ctest --output-on-failure) >"$log" 2>&1
         total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\)/\2/p' "$log")
@@ -45,9 +45,29 @@ run_ctest() {
     fi
 }
 
+# run_suite NAME "MAKE ARGS" OK_RE BAD_RE DIFFS [DONE_RE]: runs "make installcheck MAKE ARGS" as
+# postgres into $LOGDIR/NAME.log and records NAME: passed = lines matching OK_RE, failed = lines
+# matching BAD_RE but for "not ok ... # TODO" (a known, documented gap that prove does not count
+# as failed). A log without a line matching DONE_RE (default: OK_RE or BAD_RE) and without a
+# failure means the run did not get far: one failure. On failure it shows the failed lines and
+# the head of DIFFS.
+run_suite() {
+    local name=$1 args=$2 ok_re=$3 bad_re=$4 diffs=$5 log="$LOGDIR/$1.log" ok bad
+    local done_re=${6:-$3|$4}
+    as_pg "make installcheck $args" >"$log" 2>&1
+    ok=$(grep -cE "$ok_re" "$log")
+    bad=$(grep -E "$bad_re" "$log" | grep -vc '# TODO')
+    if [ "$bad" = 0 ] && ! grep -qE "$done_re" "$log"; then bad=1; tail -20 "$log"; fi
+    record "$name" "$ok" "$bad"
+    if [ "$bad" != 0 ]; then
+        grep -E "$bad_re" "$log" | head -40
+        [ -z "$diffs" ] || head -150 "$diffs" 2>/dev/null
+    fi
+}
+
 if want unit; then
 echo "== unit tests (GoogleTest)"
-run_ctest "unit" "$LOGDIR/unit.log" "$LOGDIR/build"
+run_ctest "unit" "$LOGDIR/unit.log" "$LOGDIR/build" -DBUNCE_WERROR=ON
 fi
 
 # The unit tests again, built with AddressSanitizer + UndefinedBehaviorSanitizer: a report
@@ -70,7 +90,8 @@ record "fuzz" "$ok" "$bad"
 fi
 
 echo "== build and install the extension"
-MAKE_INSTALL="make -j2 >/dev/null && make install >/dev/null"
+# WERROR=1: a compiler warning fails the build.
+MAKE_INSTALL="make -j2 WERROR=1 >/dev/null && make install >/dev/null"
 if [ "$(id -u)" = 0 ]; then
     # A copy owned by postgres: the test servers run as that user and write into the tree.
     WORK="$LOGDIR/src"
@@ -92,33 +113,21 @@ if [ $build_rc != 0 ]; then
 elif [ "$ONLY" != unit ] && [ "$ONLY" != sanitize ] && [ "$ONLY" != fuzz ]; then
     if want regress; then
     echo "== pg_regress"
-    as_pg "make installcheck ISOLATION= TAP_TESTS=" >"$LOGDIR/regress.log" 2>&1
-    ok=$(grep -cE '^(test| )? *[a-z0-9_]+ +\.\.\. ok' "$LOGDIR/regress.log")
-    bad=$(grep -cE '\.\.\. FAILED' "$LOGDIR/regress.log")
-    if [ "$ok" = 0 ] && [ "$bad" = 0 ]; then bad=1; tail -20 "$LOGDIR/regress.log"; fi
-    record "pg_regress" "$ok" "$bad"
-    [ "$bad" = 0 ] || { grep -E 'FAILED' "$LOGDIR/regress.log"; head -150 "$WORK/regression.diffs" 2>/dev/null; }
+    run_suite pg_regress "ISOLATION= TAP_TESTS=" '^(test| )? *[a-z0-9_]+ +\.\.\. ok' \
+        '\.\.\. FAILED' "$WORK/regression.diffs"
     fi
 
     if want isolation; then
     echo "== isolation"
-    as_pg "make installcheck REGRESS= TAP_TESTS=" >"$LOGDIR/isolation.log" 2>&1
-    ok=$(grep -cE '\.\.\. ok' "$LOGDIR/isolation.log")
-    bad=$(grep -cE '\.\.\. FAILED' "$LOGDIR/isolation.log")
-    if [ "$ok" = 0 ] && [ "$bad" = 0 ]; then bad=1; tail -20 "$LOGDIR/isolation.log"; fi
-    record "isolation" "$ok" "$bad"
-    [ "$bad" = 0 ] || { grep -E 'FAILED' "$LOGDIR/isolation.log"; head -100 "$WORK/output_iso/regression.diffs" 2>/dev/null; }
+    run_suite isolation "REGRESS= TAP_TESTS=" '\.\.\. ok' '\.\.\. FAILED' \
+        "$WORK/output_iso/regression.diffs"
     fi
 
     if want tap; then
     echo "== TAP (worker, crashes, failover) against the Bunce stand-in"
-    as_pg "make installcheck REGRESS= ISOLATION= PROVE_FLAGS='-I test/t -v' PROVE_TESTS='$PROVE_TESTS'" >"$LOGDIR/tap.log" 2>&1
-    ok=$(grep -cE '^ok [0-9]+' "$LOGDIR/tap.log")
-    # "not ok ... # TODO" is a known, documented gap that prove does not count as failed.
-    bad=$(grep -E '^not ok [0-9]+' "$LOGDIR/tap.log" | grep -vc '# TODO')
-    grep -qE '^Result: PASS' "$LOGDIR/tap.log" || { [ "$bad" != 0 ] || bad=1; }
-    record "TAP" "$ok" "$bad"
-    grep -E '^(not ok|t/|test/t/|Result:|Files=)|Dubious|Failed' "$LOGDIR/tap.log" | head -40
+    run_suite TAP "REGRESS= ISOLATION= PROVE_FLAGS='-I test/t -v' PROVE_TESTS='$PROVE_TESTS'" \
+        '^ok [0-9]+' '^not ok [0-9]+' "" '^Result: PASS'
+    grep -E '^(t/|test/t/|Result:|Files=)|Dubious|Failed' "$LOGDIR/TAP.log" | head -40
     # Tests kill processes with SIGKILL on purpose; any other signal is a crash of ours.
     if grep -E "terminated by signal ([0-8]|1[0-9])\b" "$WORK"/tmp_check/log/*.log 2>/dev/null; then
         echo "a server process crashed during the TAP tests"

@@ -125,13 +125,11 @@ cmp_ok($pause, '>=', 2.9, sprintf('no request for Retry-After (3 s) after the 42
 cmp_ok($pause, '<', 6, 'and not much longer');
 is_deeply([ sort { $a <=> $b } @{ payload_ns([ grep { $_->{status} == 200 } @$reqs ]) } ],
 	[ 10, 11, 12 ], '429: each event delivered once');
-is(scalar(@{ sorted_uniq_str(map { $_->{headers}{'idempotency-key'} } grep { $_->{json}{payload}{n} == 10 } @$reqs) }),
+is(scalar(@{ sorted_uniq(map { $_->{headers}{'idempotency-key'} } grep { $_->{json}{payload}{n} == 10 } @$reqs) }),
 	1, '429: the same key on the re-sent request');
 is( $node->safe_psql('postgres',
 		"SELECT attempts FROM bunce.deliveries WHERE id = $id10"),
 	'1', '429: the rate-limited attempt was not counted');
-
-sub sorted_uniq_str { my %s; return [ sort grep { !$s{$_}++ } @_ ]; }
 
 # ---- the client-side rate limit: 60 per minute = one request every ~1 s ----------------------
 

@@ -18,6 +18,7 @@ use File::Basename qw(dirname);
 use HTTP::Tiny;
 use JSON::PP;
 use POSIX ();
+use Scalar::Util qw(looks_like_number);
 use Time::HiRes qw(time usleep);
 use Test::More;
 use PostgreSQL::Test::Cluster;
@@ -227,10 +228,15 @@ sub payload_ns
 	return [ map { $_->{json}{payload}{n} // 'none' } @$requests ];
 }
 
+# The distinct values of a list, sorted: numerically when all of them are numbers, else as
+# strings. The one helper for "each once" checks; the tests keep no copies of their own.
 sub sorted_uniq
 {
 	my %seen;
-	return [ sort { $a <=> $b } grep { !$seen{$_}++ } @_ ];
+	my @distinct = grep { !$seen{$_}++ } @_;
+	return [ sort { $a <=> $b } @distinct ]
+	  unless grep { !looks_like_number($_) } @distinct;
+	return [ sort @distinct ];
 }
 
 # --------------------------------------------------------------------------------------------
