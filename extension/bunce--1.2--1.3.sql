@@ -8,7 +8,7 @@
 -- before any request is sent. PL/pgSQL so that the plan is kept for the session.
 CREATE FUNCTION bunce.claim(max_events integer)
 RETURNS TABLE (id bigint, attempts integer, event_id uuid, payload jsonb, idempotency_key uuid)
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
@@ -26,4 +26,4 @@ END
 $$;
 -- Only the worker (a superuser) claims: a claim by anyone else would hold events back and
 -- make them possible duplicates.
-REVOKE ALL ON FUNCTION bunce.claim(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION bunce.claim(integer) FROM PUBLIC, bunce_admin;

@@ -91,10 +91,7 @@ HttpSender::HttpSender() {
 HttpSender::~HttpSender() {
     // Transfers still running are abandoned: their events stay claimed in the outbox and
     // are sent again after the restart that follows.
-    for (Transfer *t : running_) {
-        curl_multi_remove_handle(multi_, t->easy);
-        delete t;
-    }
+    abandon_all();
     idle_.clear();
     curl_multi_cleanup(multi_);
     close(epoll_fd_);
@@ -244,6 +241,16 @@ void HttpSender::collect() {
         std::string().swap(t->body);  // an idle handle keeps no payload-sized buffer
         idle_.push_back(std::move(t));
     }
+}
+
+void HttpSender::abandon_all() {
+    for (Transfer *t : running_) {
+        curl_multi_remove_handle(multi_, t->easy);
+        delete t;
+    }
+    running_.clear();
+    in_flight_ = 0;
+    answers_.clear();
 }
 
 std::vector<HttpAnswer> HttpSender::take_answers() {

@@ -65,6 +65,10 @@ public:
     // Answers completed since the last call.
     std::vector<HttpAnswer> take_answers();
 
+    // Drops every request in flight and every answer not yet taken: none of them will be
+    // answered. (Their events stay claimed; whoever released them sends them again.)
+    void abandon_all();
+
 private:
     struct Transfer;
     void collect();

@@ -66,10 +66,12 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
     TupleDesc tupdesc;
     if (get_call_result_type(fcinfo, nullptr, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
-    if (tupdesc->natts != STATUS_NATTS)
+    // A schema older than the library declares a prefix of these columns (new ones are
+    // appended); one newer than the library, more than it knows.
+    if (tupdesc->natts > STATUS_NATTS)
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                        errmsg("bunce.worker_state() does not match the loaded bunce library"),
-                        errhint("Run ALTER EXTENSION bunce UPDATE.")));
+                        errmsg("bunce.worker_state() has more columns than the loaded bunce library knows"),
+                        errhint("Restart the server to load the bunce library of the extension's version.")));
     Datum values[STATUS_NATTS];
     bool nulls[STATUS_NATTS];
     memset(nulls, 1, sizeof nulls);
@@ -104,7 +106,7 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
     const bool alive = s.pid != 0;
     set(STATUS_STATE, CStringGetTextDatum(state));
     if (alive) set(STATUS_PID, Int32GetDatum(s.pid));
-    if (s.state == WORKER_PAUSED || s.state == WORKER_DISABLED) {
+    if (s.state == WORKER_PAUSED || s.state == WORKER_DISABLED || s.state == WORKER_WAITING_EXTENSION) {
         set(STATUS_PAUSED_REASON, CStringGetTextDatum(s.paused_reason));
         if (s.paused_until) set(STATUS_PAUSED_UNTIL, TimestampTzGetDatum(s.paused_until));
     }

@@ -2,6 +2,7 @@
 #include <cstring>
 #include <ctime>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -25,8 +26,14 @@ namespace {
 struct Delivery {
     bunce::HttpSender sender;
     bunce::RateLimiter limiter;
-    std::vector<bunce::HttpRequest> staged;     // claimed, sent once the claim has committed
-    std::unordered_map<int64_t, int> attempts;  // claimed or in flight: outbox id -> attempt number
+    std::vector<bunce::HttpRequest> staged;  // claimed, sent once the claim has committed
+    // Claimed or in flight, by outbox id: which claim of which event (an answer is recorded
+    // only on the row as it was claimed).
+    struct Claim {
+        int attempts;
+        std::string idempotency_key;
+    };
+    std::unordered_map<int64_t, Claim> claims;
     std::mt19937_64 random{std::random_device{}()};
 };
 Delivery *delivery = nullptr;  // never destroyed: the process exits instead
@@ -77,7 +84,7 @@ void sender_stage(int64 id, int attempts, const char *event_id, const char *payl
         body += payload;
         body += '}';
         delivery->staged.push_back({id, std::move(body), key});
-        delivery->attempts[id] = attempts;
+        delivery->claims[id] = {attempts, key};
     }));
 }
 
@@ -117,10 +124,14 @@ int sender_collect(Answer **out, bunce::SenderPause &pause) {
             x.id = a.id;
             x.status = static_cast<int>(a.status);
             x.outcome = v.outcome;
-            const int attempts = delivery->attempts[a.id];
-            delivery->attempts.erase(a.id);
+            auto claim = delivery->claims.find(a.id);
+            if (claim == delivery->claims.end()) throw std::logic_error("an answer to a request that was not sent");
+            x.attempts = claim->second.attempts;
+            x.idempotency_key =
+                pstrdup_nothrow(claim->second.idempotency_key.data(), claim->second.idempotency_key.size());
+            delivery->claims.erase(claim);
             x.decision =
-                bunce::decide_answer(v, a.status, attempts, bunce::parse_retry_after(a.retry_after, now_epoch_s),
+                bunce::decide_answer(v, a.status, x.attempts, bunce::parse_retry_after(a.retry_after, now_epoch_s),
                                      policy, now_us, delivery->random(), pause);
             x.message = keep(std::move(v.message));
             x.response = keep(bunce::printable_text(a.body, kResponseChars));
@@ -150,6 +161,14 @@ void sender_on_timeout() {
     check(guarded(cpp_error, [] { delivery->sender.on_timeout(); }));
 }
 
+void sender_abandon_all() {
+    check(guarded(cpp_error, [] {
+        delivery->sender.abandon_all();
+        delivery->staged.clear();
+        delivery->claims.clear();
+    }));
+}
+
 int sender_in_flight() { return static_cast<int>(delivery->sender.in_flight()); }
 int64 sender_limiter_wait_us() { return delivery->limiter.wait_us(bunce::monotonic_us()); }
 
@@ -157,9 +176,9 @@ Datum sender_held_ids() {
     Datum *ids = nullptr;
     int n = 0;
     check(guarded(cpp_error, [&] {
-        ids = static_cast<Datum *>(palloc_extended(sizeof(Datum) * (delivery->attempts.size() + 1), MCXT_ALLOC_NO_OOM));
+        ids = static_cast<Datum *>(palloc_extended(sizeof(Datum) * (delivery->claims.size() + 1), MCXT_ALLOC_NO_OOM));
         if (!ids) throw std::bad_alloc();
-        for (const auto &a : delivery->attempts) ids[n++] = Int64GetDatum(a.first);
+        for (const auto &c : delivery->claims) ids[n++] = Int64GetDatum(c.first);
     }));
     return PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }

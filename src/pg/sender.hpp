@@ -14,7 +14,9 @@ namespace bunce_pg {
 // One answer, classified, with the policy's decision (bunce::decide_answer).
 struct Answer {
     int64 id;
-    int status;  // HTTP status, 0 when there was no answer
+    int attempts;           // the row's attempts when it was claimed
+    char *idempotency_key;  // the row's key: with id and attempts, the claim answered
+    int status;             // HTTP status, 0 when there was no answer
     bunce::Outcome outcome;
     bunce::AnswerDecision decision;
     char *message;
@@ -34,6 +36,9 @@ int sender_poll_fd();      // readable when a socket needs attention
 long sender_timeout_ms();  // libcurl's timer, -1 when none
 void sender_on_ready();
 void sender_on_timeout();
+// Drops what is staged and in flight: nothing of it will be answered (when the extension went
+// away or changed; the rows stay claimed and are released when delivery starts again).
+void sender_abandon_all();
 int sender_in_flight();
 int64 sender_limiter_wait_us();
 // The outbox ids of the requests claimed or in flight, as a bigint[].

@@ -236,8 +236,20 @@ void reload() {
     look_for_work = true;
 }
 
-// True once the extension exists here at this library's version; on first sight (after a
-// start, or after it was dropped and created again) delivery starts afresh.
+// The extension went away, changed version, or was dropped and created again: what is claimed
+// or in flight can no longer be recorded. It is dropped; the rows stay claimed and are sent
+// again when delivery starts afresh (as after a crash).
+void lose_extension() {
+    extension_ready = false;
+    stop_delivering();
+    sender_abandon_all();
+    SpinLockAcquire(&shared->mutex);
+    shared->in_flight = 0;
+    SpinLockRelease(&shared->mutex);
+}
+
+// True once the extension exists here at a version this library works with; on first sight
+// (after a start, or after it was created again) delivery starts afresh.
 bool wait_for_extension() {
     if (extension_ready) return true;
     char why[256];
@@ -247,7 +259,9 @@ bool wait_for_extension() {
     if (extension_ready) start_delivering();
     end();
     if (extension_ready) return true;
-    // Silent while the extension is just not there yet; an update to run is worth a line.
+    stop_delivering();
+    // Silent while the extension is just not there yet; an update or a restart to do is
+    // worth a line.
     if (set_state(WORKER_WAITING_EXTENSION, why, 0) && check == EXTENSION_OTHER_VERSION)
         ereport(LOG, (errmsg("bunce worker: waiting: %s", why)));
     if (stop_requested) proc_exit(1);
@@ -297,6 +311,12 @@ int exchange(const Round &round) {
         pg_memory_barrier();
     }
     begin("bunce: recording answers and claiming events");
+    char why[256];
+    if (check_extension(why, sizeof why) != EXTENSION_READY) {
+        end();
+        lose_extension();
+        return 0;
+    }
     Recorded recorded{0, 0, 0, nullptr};
     Claimed claimed{0, 0};
     if (nanswers > 0) recorded = record_answers(answers, nanswers);
@@ -344,7 +364,7 @@ void housekeeping(TimestampTz now) {
     begin("bunce: housekeeping");
     if (check_extension(why, sizeof why) != EXTENSION_READY) {
         end();
-        extension_ready = false;  // wait for it again; start afresh when it is back
+        lose_extension();  // wait for it again; start afresh when it is back
         return;
     }
     const int64 waiting = count_waiting_retry();

@@ -6,13 +6,18 @@
 #include "worker_sql.hpp"
 
 extern "C" {
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -47,44 +52,59 @@ void prepare_statements() {
     Oid claim_types[] = {INT4OID};
     // The claim is bunce.claim(), which the isolation specs test as it is.
     prepare(claim_stmt, "SELECT id, attempts, event_id, payload, idempotency_key FROM bunce.claim($1)", 1, claim_types);
-    Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID};
-    prepare(delivered_stmt, "DELETE FROM bunce.outbox WHERE id = ANY ($1)", 1, del_types);
+    // An answer is recorded on the row as it was claimed: same id, same idempotency key, same
+    // attempt. (An answer to a claim released since, or to an event of an extension dropped and
+    // created again, whose ids start over, changes nothing.) $1-$3 name the claims answered.
+#define ANSWERED                                                                     \
+    "ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), " \
+    "pg_catalog.unnest($3::text[])"
+#define ANSWERED_ROW "o.id = a.id AND o.attempts = a.attempts AND o.idempotency_key = a.key::pg_catalog.uuid"
+    Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
+    prepare(delivered_stmt,
+            "DELETE FROM bunce.outbox o USING " ANSWERED ") AS a(id, attempts, key) WHERE " ANSWERED_ROW, 3, del_types);
     prepare(delivered_logged_stmt,
-            "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[])) "
-            "           AS a(id, status)), "
-            "d AS (DELETE FROM bunce.outbox o USING a WHERE o.id = a.id "
+            "WITH a AS (SELECT * FROM " ANSWERED
+            ", pg_catalog.unnest($4::integer[])) AS a(id, attempts, key, status)), "
+            "d AS (DELETE FROM bunce.outbox o USING a WHERE " ANSWERED_ROW
+            " "
             "      RETURNING o.id, o.event_id, o.idempotency_key, a.status, o.attempts, o.enqueued_at) "
             "INSERT INTO bunce.deliveries (id, event_id, idempotency_key, http_status, attempts, enqueued_at) "
             "SELECT * FROM d "
             "ON CONFLICT (id) DO UPDATE SET delivered_at = pg_catalog.now(), http_status = excluded.http_status, "
             "                               attempts = excluded.attempts",
-            2, del_types);
-    Oid dead_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+            4, del_types);
+    Oid dead_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+                        TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
     prepare(dead_stmt,
-            "WITH a AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), "
-            "                                    pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), "
-            "                                    pg_catalog.unnest($5::text[])) "
-            "           AS a(id, status, message, reason, response)), "
-            "d AS (DELETE FROM bunce.outbox o USING a WHERE o.id = a.id "
+            "WITH a AS (SELECT * FROM " ANSWERED
+            ", pg_catalog.unnest($4::integer[]), "
+            "                         pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), "
+            "                         pg_catalog.unnest($7::text[])) "
+            "           AS a(id, attempts, key, status, message, reason, response)), "
+            "d AS (DELETE FROM bunce.outbox o USING a WHERE " ANSWERED_ROW
+            " "
             "      RETURNING o.*, a.status AS a_status, a.message AS a_message, a.reason AS a_reason, "
             "                a.response AS a_response) "
             "INSERT INTO bunce.dead_letters (id, event_id, payload, idempotency_key, reason, http_status, "
             "    message, response, attempts, enqueued_at, first_attempt_at, last_attempt_at) "
             "SELECT id, event_id, payload, idempotency_key, a_reason, nullif(a_status, 0), a_message, "
             "       nullif(a_response, ''), attempts, enqueued_at, first_attempt_at, sending_since FROM d",
-            5, dead_types);
-    Oid retry_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
+            7, dead_types);
+    Oid retry_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+                         TEXTARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
     prepare(retry_stmt,
             "UPDATE bunce.outbox o SET sending_since = NULL, "
             "       next_attempt_at = pg_catalog.statement_timestamp() + a.delay_ms * interval '1 millisecond', "
             "       last_status = nullif(a.status, 0), last_error = a.message, "
             "       attempts = o.attempts - a.uncounted "
-            "FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), "
-            "                pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), "
-            "                pg_catalog.unnest($5::integer[])) "
-            "     AS a(id, status, message, delay_ms, uncounted) "
-            "WHERE o.id = a.id",
-            5, retry_types);
+            "FROM " ANSWERED
+            ", pg_catalog.unnest($4::integer[]), pg_catalog.unnest($5::text[]), "
+            "     pg_catalog.unnest($6::bigint[]), pg_catalog.unnest($7::integer[])) "
+            "     AS a(id, attempts, key, status, message, delay_ms, uncounted) "
+            "WHERE " ANSWERED_ROW,
+            7, retry_types);
+#undef ANSWERED
+#undef ANSWERED_ROW
     prepare(next_due_stmt,
             "SELECT next_attempt_at FROM bunce.outbox WHERE sending_since IS NULL "
             "ORDER BY next_attempt_at, id LIMIT 1",
@@ -105,27 +125,33 @@ int64 query_int(const char *what, const char *sql, int nargs = 0, Oid *types = n
     return isnull ? 0 : DatumGetInt64(d);
 }
 
-struct Batch {  // the arrays of one statement
+// The arrays of one statement: the claims answered, and per statement what it records.
+struct Batch {
     int n;
-    Datum *ids, *statuses, *messages, *extra, *extra2;
+    Datum *ids, *attempts, *keys, *statuses, *messages, *extra, *extra2;
 };
 
 void batch_init(Batch *b, int cap) {
     b->n = 0;
-    b->ids = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
-    b->statuses = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
-    b->messages = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
-    b->extra = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
-    b->extra2 = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
+    for (Datum **a : {&b->ids, &b->attempts, &b->keys, &b->statuses, &b->messages, &b->extra, &b->extra2})
+        *a = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
+}
+
+// Starts the batch's next entry with the claim answered.
+void add_claim(Batch *b, int64 id, int attempts, const char *key, int status) {
+    b->ids[b->n] = Int64GetDatum(id);
+    b->attempts[b->n] = Int32GetDatum(attempts);
+    b->keys[b->n] = CStringGetTextDatum(key);
+    b->statuses[b->n] = Int32GetDatum(status);
 }
 
 Datum int8s(Datum *d, int n) { return PointerGetDatum(construct_array(d, n, INT8OID, 8, true, TYPALIGN_DOUBLE)); }
 Datum int4s(Datum *d, int n) { return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT)); }
 Datum texts(Datum *d, int n) { return PointerGetDatum(construct_array(d, n, TEXTOID, -1, false, TYPALIGN_INT)); }
 
-void add_dead(Batch *b, int64 id, int status, const char *message, const char *reason, const char *response) {
-    b->ids[b->n] = Int64GetDatum(id);
-    b->statuses[b->n] = Int32GetDatum(status);
+void add_dead(Batch *b, int64 id, int attempts, const char *key, int status, const char *message, const char *reason,
+              const char *response) {
+    add_claim(b, id, attempts, key, status);
     b->messages[b->n] = CStringGetTextDatum(message);
     b->extra[b->n] = CStringGetTextDatum(reason);
     b->extra2[b->n] = CStringGetTextDatum(response);
@@ -133,8 +159,8 @@ void add_dead(Batch *b, int64 id, int status, const char *message, const char *r
 }
 
 void write_dead(Batch *b) {
-    Datum args[] = {int8s(b->ids, b->n), int4s(b->statuses, b->n), texts(b->messages, b->n), texts(b->extra, b->n),
-                    texts(b->extra2, b->n)};
+    Datum args[] = {int8s(b->ids, b->n),      int4s(b->attempts, b->n), texts(b->keys, b->n),  int4s(b->statuses, b->n),
+                    texts(b->messages, b->n), texts(b->extra, b->n),    texts(b->extra2, b->n)};
     run(dead_stmt, args, SPI_OK_INSERT);
 }
 
@@ -161,18 +187,60 @@ void end() {
     MemoryContextSwitchTo(caller_cxt);
 }
 
+namespace {
+
+// The schema versions this library's SQL works with: from the first with bunce.claim() to its
+// own. (A newer schema may have changed what this code reads and writes.)
+constexpr const char *kOldestSchema = "1.3";
+Oid delivering_extension = InvalidOid;  // the extension delivered for since start_delivering()
+
+// Compares "major.minor" versions.
+int compare_versions(const char *a, const char *b) {
+    int a1 = 0, a2 = 0, b1 = 0, b2 = 0;
+    sscanf(a, "%d.%d", &a1, &a2);
+    sscanf(b, "%d.%d", &b1, &b2);
+    return a1 != b1 ? (a1 < b1 ? -1 : 1) : (a2 != b2 ? (a2 < b2 ? -1 : 1) : 0);
+}
+
+}  // namespace
+
+// Reads pg_extension through its name index: cheap enough for every claim.
 ExtensionCheck check_extension(char *why, size_t size) {
-    const char *sql = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'bunce'";
-    if (SPI_execute(sql, true, 0) != SPI_OK_SELECT) elog(ERROR, "bunce worker: reading pg_extension failed");
-    if (SPI_processed == 0) {
+    Relation rel = table_open(ExtensionRelationId, AccessShareLock);
+    ScanKeyData key;
+    ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ, CStringGetDatum("bunce"));
+    SysScanDesc scan = systable_beginscan(rel, ExtensionNameIndexId, true, nullptr, 1, &key);
+    HeapTuple tuple = systable_getnext(scan);
+    ExtensionCheck check = EXTENSION_READY;
+    if (!HeapTupleIsValid(tuple)) {
         strlcpy(why, "extension bunce is not installed in this database", size);
-        return EXTENSION_MISSING;
+        check = EXTENSION_MISSING;
+    } else {
+        const Oid oid = reinterpret_cast<Form_pg_extension>(GETSTRUCT(tuple))->oid;
+        bool isnull;
+        const Datum d = heap_getattr(tuple, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
+        const char *version = isnull ? "" : TextDatumGetCString(d);
+        if (compare_versions(version, kOldestSchema) < 0) {
+            snprintf(why, size,
+                     "extension bunce is at version %s here, the library needs %s or later: run ALTER EXTENSION "
+                     "bunce UPDATE",
+                     version, kOldestSchema);
+            check = EXTENSION_OTHER_VERSION;
+        } else if (compare_versions(version, BUNCE_VERSION) > 0) {
+            snprintf(why, size,
+                     "extension bunce is at version %s here, the library loaded is %s: restart the server to load "
+                     "the library of version %s",
+                     version, BUNCE_VERSION, version);
+            check = EXTENSION_OTHER_VERSION;
+        } else if (OidIsValid(delivering_extension) && oid != delivering_extension) {
+            strlcpy(why, "extension bunce was dropped and created again", size);
+            check = EXTENSION_REPLACED;
+        }
+        if (check == EXTENSION_READY) delivering_extension = oid;
     }
-    const char *version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-    if (strcmp(version, BUNCE_VERSION) == 0) return EXTENSION_READY;
-    snprintf(why, size, "extension bunce is at version %s here, the library is %s: run ALTER EXTENSION bunce UPDATE",
-             version, BUNCE_VERSION);
-    return EXTENSION_OTHER_VERSION;
+    systable_endscan(scan);
+    table_close(rel, AccessShareLock);
+    return check;
 }
 
 void start_delivering() {
@@ -180,6 +248,8 @@ void start_delivering() {
     release_claims(true);
     recount_queue();
 }
+
+void stop_delivering() { delivering_extension = InvalidOid; }
 
 Recorded record_answers(const Answer *answers, int n) {
     Recorded out{0, 0, 0, nullptr};
@@ -192,16 +262,15 @@ Recorded record_answers(const Answer *answers, int n) {
         if (x.outcome != bunce::Outcome::delivered) out.last_error = &x;
         switch (x.decision.action) {
             case bunce::RowAction::remove:
-                ok.ids[ok.n] = Int64GetDatum(x.id);
-                ok.statuses[ok.n] = Int32GetDatum(x.status);
+                add_claim(&ok, x.id, x.attempts, x.idempotency_key, x.status);
                 ok.n++;
                 break;
             case bunce::RowAction::dead_letter:
-                add_dead(&gone, x.id, x.status, x.message, x.decision.dead_letter_reason, x.response);
+                add_dead(&gone, x.id, x.attempts, x.idempotency_key, x.status, x.message, x.decision.dead_letter_reason,
+                         x.response);
                 break;
             case bunce::RowAction::retry:
-                again.ids[again.n] = Int64GetDatum(x.id);
-                again.statuses[again.n] = Int32GetDatum(x.status);
+                add_claim(&again, x.id, x.attempts, x.idempotency_key, x.status);
                 again.messages[again.n] = CStringGetTextDatum(x.message);
                 again.extra[again.n] = Int64GetDatum(x.decision.retry_delay_ms);
                 again.extra2[again.n] = Int32GetDatum(x.decision.attempt_counted ? 0 : 1);
@@ -210,18 +279,15 @@ Recorded record_answers(const Answer *answers, int n) {
         }
     }
     if (ok.n) {
-        if (delivery_log_retention_s > 0) {
-            Datum args[] = {int8s(ok.ids, ok.n), int4s(ok.statuses, ok.n)};
-            run(delivered_logged_stmt, args, SPI_OK_INSERT);
-        } else {
-            Datum args[] = {int8s(ok.ids, ok.n)};
-            run(delivered_stmt, args, SPI_OK_DELETE);
-        }
+        Datum args[] = {int8s(ok.ids, ok.n), int4s(ok.attempts, ok.n), texts(ok.keys, ok.n), int4s(ok.statuses, ok.n)};
+        run(delivery_log_retention_s > 0 ? delivered_logged_stmt : delivered_stmt, args,
+            delivery_log_retention_s > 0 ? SPI_OK_INSERT : SPI_OK_DELETE);
     }
     if (gone.n) write_dead(&gone);
     if (again.n) {
-        Datum args[] = {int8s(again.ids, again.n), int4s(again.statuses, again.n), texts(again.messages, again.n),
-                        int8s(again.extra, again.n), int4s(again.extra2, again.n)};
+        Datum args[] = {int8s(again.ids, again.n),      int4s(again.attempts, again.n), texts(again.keys, again.n),
+                        int4s(again.statuses, again.n), texts(again.messages, again.n), int8s(again.extra, again.n),
+                        int4s(again.extra2, again.n)};
         run(retry_stmt, args, SPI_OK_UPDATE);
     }
     out.delivered = ok.n;
@@ -259,14 +325,15 @@ Claimed claim_events(int limit) {
             payload = pg_server_to_any(payload, static_cast<int>(strlen(payload)), PG_UTF8);
         MemoryContextSwitchTo(old);
         const size_t size = payload ? strlen(payload) : VARSIZE(jb);
+        const int attempts = DatumGetInt32(SPI_getbinval(t, d, 2, &isnull));
+        const char *key = SPI_getvalue(t, d, 5);
         if (size > static_cast<size_t>(max_payload_size)) {
-            add_dead(&big, id, 0,
+            add_dead(&big, id, attempts, key, 0,
                      psprintf("not sent: the payload is %zu bytes, more than bunce.max_payload_size (%d bytes)", size,
                               max_payload_size),
                      "invalid", "");
         } else {
-            sender_stage(id, DatumGetInt32(SPI_getbinval(t, d, 2, &isnull)), SPI_getvalue(t, d, 3), payload,
-                         SPI_getvalue(t, d, 5));
+            sender_stage(id, attempts, SPI_getvalue(t, d, 3), payload, key);
         }
         MemoryContextReset(row_cxt);
     }

@@ -21,12 +21,15 @@ extern volatile sig_atomic_t in_transaction;
 void begin(const char *activity);
 void end();
 
-// Whether extension bunce is installed here at this library's version; otherwise why not.
-enum ExtensionCheck { EXTENSION_MISSING, EXTENSION_OTHER_VERSION, EXTENSION_READY };
+// Whether extension bunce is installed here at a version whose schema this library knows, and
+// is the one delivery started for; otherwise why not.
+enum ExtensionCheck { EXTENSION_MISSING, EXTENSION_OTHER_VERSION, EXTENSION_REPLACED, EXTENSION_READY };
 ExtensionCheck check_extension(char *why, size_t size);
 // Once the extension is usable (after a start, or after it was created again): prepares the
 // statements, releases every claim (what a crash or a stop left behind) and counts the queue.
 void start_delivering();
+// When it is not: the next start_delivering() may be for another extension.
+void stop_delivering();
 
 struct Recorded {
     int delivered;             // removed after a 2xx

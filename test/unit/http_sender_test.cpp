@@ -539,6 +539,29 @@ TEST(HttpSender, DestroyedWithRequestsInFlight) {
     EXPECT_EQ(server.requests().size(), 3u);
 }
 
+TEST(HttpSender, AbandonedRequestsAreNeverAnswered) {
+    TestServer server([](const ReceivedRequest &r) -> std::optional<std::string> {
+        if (r.header("idempotency-key") == "k-silent") return std::nullopt;
+        return http_response(200, R"({"success":true})");
+    });
+    HttpSender sender;
+    sender.configure(options_for(server.url(), 5000));
+    sender.submit(HttpRequest{1, "{}", "k-silent"});
+    sender.submit(HttpRequest{2, "{}", "k-ok"});
+    const int64_t deadline = bunce::monotonic_us() + 2'000'000;
+    while (server.requests().size() < 2 && bunce::monotonic_us() < deadline) sender.poll(20);
+    sender.poll(50);  // the answer to 2 arrives and waits to be taken
+    sender.abandon_all();
+    EXPECT_EQ(sender.in_flight(), 0u);
+    EXPECT_TRUE(sender.take_answers().empty());
+    // The sender still works, and nothing of the abandoned requests comes back.
+    sender.submit(HttpRequest{3, "{}", "k-ok"});
+    const auto answers = drive(sender, 2, 1000);
+    ASSERT_EQ(answers.size(), 1u);
+    EXPECT_EQ(answers[0].id, 3);
+    EXPECT_EQ(answers[0].status, 200);
+}
+
 TEST(HttpSender, IdleSenderHasNothingToDo) {
     HttpSender sender;
     EXPECT_EQ(sender.in_flight(), 0u);
