@@ -9,6 +9,15 @@ parsed request and says what to answer.
 Semantics worth knowing when reading the numbers:
   * A scripted status/drop/hang stands in front of the API: it skips the rate limit, auth
     and validation. {"pass": true} (or an empty script) gets Bunce's normal behaviour.
+  * Scripts per customer: POST /control/script with "customer": KEY queues steps (appended,
+    like the global script) for the requests of that customer only, one step per request in
+    arrival order. The customer of a request is its ordering key (customer_key): the payload's
+    customer.customer_id (an integer 42 is the customer "42"), else customer.email, else
+    email; compared exactly as strings. While a customer has steps pending, its requests take
+    them and leave the global script to the others; then they share the global script again.
+    "every" is global only (counted over all requests, customer-scripted ones too): it is
+    refused together with "customer". GET /control/requests?customer=KEY lists that
+    customer's requests in arrival order; each record has "customer" (the key, or null).
   * Exceeding the rate limit blocks the IP for block-seconds; the block replaces the 60 s
     window, so once it ends the client starts afresh.
   * delivered = 2xx answers whose body has "success": true; unique_idempotency_keys =
@@ -109,6 +118,30 @@ def skipped_timestamps(payload):
     return found
 
 
+def id_text(value):
+    """value as a customer key: a non-empty string, an integer as its digits, else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value else None
+
+
+def customer_key(doc):
+    """The customer (ordering key) of a parsed trigger body, or None: payload.customer's
+    customer_id, else its email, else payload.email."""
+    payload = doc.get("payload") if isinstance(doc, dict) else None
+    if not isinstance(payload, dict):
+        return None
+    customer = payload.get("customer")
+    customer = customer if isinstance(customer, dict) else {}
+    key = id_text(customer.get("customer_id"))
+    if key is not None:
+        return key
+    for email in (customer.get("email"), payload.get("email")):
+        if isinstance(email, str) and email:
+            return email
+    return None
+
+
 def check_step(step):
     """Raise ValueError unless step is a well-formed script step."""
     if not isinstance(step, dict):
@@ -150,6 +183,7 @@ class Bunce:
         self.seq = 0
         self.records = []
         self.script = collections.deque()
+        self.customer_scripts = {}           # customer key -> deque of steps (never empty)
         self.every = None                    # (nth, delay_ms) or None
         self.blocked = {}                    # ip -> unix time the block ends
         self.rate_windows = {}               # ip -> deque of admitted request times
@@ -248,14 +282,16 @@ class Bunce:
         except ValueError:
             doc = None
         skipped = skipped_timestamps(doc.get("payload")) if isinstance(doc, dict) else []
+        customer = customer_key(doc)
         rec = {"seq": self.seq, "received_at": now, "client": ip, "method": method,
                "path": target, "headers": headers, "auth_ok": auth_ok, "body": text,
-               "json": doc, "status": None, "skipped_timestamps": skipped}
+               "json": doc, "status": None, "skipped_timestamps": skipped,
+               "customer": customer}
         self.records.append(rec)
         self.skipped += len(skipped)
         self.note_received(ip, now)
 
-        step = self.script.popleft() if self.script else {"pass": True}
+        step = self.next_step(customer)
         delay = step.get("delay_ms", 0)
         if self.every and self.seq % self.every[0] == 0:
             delay += self.every[1]
@@ -284,6 +320,16 @@ class Bunce:
             status, body, extra = self.normal(ip, doc, text, auth_ok, length_missing, now)
         self.settle(rec, status, body)
         return (status, body, extra), delay
+
+    def next_step(self, customer):
+        """The customer's next scripted step if it has one, else the global script's."""
+        queue = self.customer_scripts.get(customer)
+        if queue:
+            step = queue.popleft()
+            if not queue:
+                del self.customer_scripts[customer]
+            return step
+        return self.script.popleft() if self.script else {"pass": True}
 
     def normal(self, ip, doc, text, auth_ok, length_missing, now):
         """What Bunce itself would answer: (status, body, extra headers)."""
@@ -328,12 +374,17 @@ class Bunce:
             elif path == "/control/stats":
                 result = self.stats()
             elif path == "/control/requests":
-                since = parse_qs(urlsplit(target).query).get("since", ["0"])[0]
+                query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+                since = query.get("since", ["0"])[0] or "0"
                 if not re.fullmatch(r"-?[0-9]+", since):
                     raise ValueError("since must be an integer")
                 since = max(0, int(since))
                 # seq n is records[n - 1]: seq restarts at 1 after every reset.
-                result = {"requests": self.records[since:]}
+                records = self.records[since:]
+                if "customer" in query:
+                    customer = query["customer"][0]
+                    records = [r for r in records if r["customer"] == customer]
+                result = {"requests": records}
             elif path == "/control/reset":
                 self.reset()
                 result = {"ok": True}
@@ -350,7 +401,8 @@ class Bunce:
                 "delivered": self.delivered, "unique_idempotency_keys": len(self.keys_seen),
                 "duplicates": self.duplicates, "skipped_timestamps": self.skipped,
                 "rate_limit_violations": self.violations, "max_in_any_60s_window": self.max_window,
-                "dropped": self.dropped, "hung": self.hung, "script_pending": len(self.script)}
+                "dropped": self.dropped, "hung": self.hung, "script_pending": len(self.script),
+                "customer_script_pending": {k: len(q) for k, q in self.customer_scripts.items()}}
 
     def configure(self, cfg):
         if not isinstance(cfg, dict):
@@ -381,6 +433,13 @@ class Bunce:
     def set_script(self, body):
         if not isinstance(body, dict):
             raise ValueError("script body must be an object")
+        customer = None
+        if "customer" in body:
+            customer = id_text(body["customer"])
+            if customer is None:
+                raise ValueError("customer must be a non-empty string (or an integer)")
+            if "every" in body:
+                raise ValueError("every applies to all requests: send it without customer")
         steps = body.get("steps", [])
         if not isinstance(steps, list):
             raise ValueError("steps must be a list")
@@ -399,7 +458,15 @@ class Bunce:
                         or delay < 0):
                     raise ValueError('every must be {"nth": N >= 1, "delay_ms": MS >= 0} or null')
                 every = (nth, delay)
-        self.script.extend(steps)
         self.every = every
-        return {"ok": True, "queued": len(self.script),
-                "every": {"nth": every[0], "delay_ms": every[1]} if every else None}
+        result = {"ok": True}
+        if customer is None:
+            self.script.extend(steps)
+            result["queued"] = len(self.script)
+        else:
+            if steps:
+                self.customer_scripts.setdefault(customer, collections.deque()).extend(steps)
+            result["customer"] = customer
+            result["queued"] = len(self.customer_scripts.get(customer, ()))
+        result["every"] = {"nth": every[0], "delay_ms": every[1]} if every else None
+        return result

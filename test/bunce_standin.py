@@ -10,9 +10,11 @@ dropped or hung connections) through an unauthenticated /control/ API:
   POST /control/script    {"steps": [step, ...], "every": {"nth": N, "delay_ms": MS} | null}
                           step: {"status": S, "body": B, "retry_after": R, "delay_ms": MS}
                                 {"drop": true} | {"hang": true} | {"pass": true, "delay_ms": MS}
-  GET  /control/requests?since=SEQ   recorded trigger requests with seq > SEQ
+  POST /control/script    {"customer": KEY, "steps": [...]}  steps for that customer's requests only
+  GET  /control/requests?since=SEQ&customer=KEY   recorded trigger requests with seq > SEQ
+                          (of that customer only, if given)
   GET  /control/stats     counters (received, by_status, delivered, duplicates, ...)
-  POST /control/reset     clear records, stats, script and rate-limit blocks
+  POST /control/reset     clear records, stats, scripts (per customer too) and rate-limit blocks
   POST /control/config    {"api_key", "rate_limit", "block_seconds", "events": [uuid, ...]}
   GET  /control/health    {"ok": true}
 

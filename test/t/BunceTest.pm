@@ -318,11 +318,14 @@ sub call
 }
 
 # script([steps], every => {nth => N, delay_ms => MS} | undef)
+# script([steps], customer => KEY): the steps apply to the requests of that customer only
+# (customer_id, else customer.email, else email; see bunce_rules.py).
 sub script
 {
 	my ($self, $steps, %opt) = @_;
 	my $body = { steps => $steps // [] };
-	$body->{every} = $opt{every} if exists $opt{every};
+	$body->{every}    = $opt{every}    if exists $opt{every};
+	$body->{customer} = $opt{customer} if defined $opt{customer};
 	return $self->call('POST', '/control/script', $body);
 }
 
@@ -330,6 +333,15 @@ sub requests
 {
 	my ($self, $since) = @_;
 	return $self->call('GET', '/control/requests?since=' . ($since // 0))->{requests};
+}
+
+# The requests of one customer (since seq $since), in arrival order.
+sub requests_of
+{
+	my ($self, $customer, $since) = @_;
+	my $query = $self->{http}
+	  ->www_form_urlencode({ since => $since // 0, customer => $customer });
+	return $self->call('GET', "/control/requests?$query")->{requests};
 }
 
 sub stats  { return $_[0]->call('GET',  '/control/stats'); }
