@@ -41,7 +41,7 @@ namespace {
 volatile sig_atomic_t stop_requested = false;
 TimestampTz stop_deadline = 0;   // once stopping: requests in flight have until then
 bunce::SenderPause pause;        // paused by answers (a refused key, the rate limit)
-bool extension_ready = false;    // bunce is installed here at this library's version
+bool extension_ready = false;    // bunce is installed here, at a version this library works with
 bool look_for_work = true;       // there may be due events
 TimestampTz next_retry_due = 0;  // earliest retry due, 0 when unknown or none
 char key_problem[256];           // why bunce.api_key_file cannot be used, or empty
