@@ -5,9 +5,11 @@
 # python3-psycopg: bench/run's PostgreSQL client.
 # nginx-light (nginx and its echo module): bench/run's throughput sink. bench/run starts its own
 # unprivileged nginx on a free loopback port; the package's nginx service is not used.
+# pgbouncer: test/t/090_pgbouncer.pl starts its own unprivileged pgbouncer on a free loopback
+# port; the package's pgbouncer service is not used.
 BUNCE_PACKAGES="build-essential cmake pkg-config postgresql-15 postgresql-server-dev-15
   libcurl4-openssl-dev nlohmann-json3-dev libgtest-dev libipc-run-perl python3 curl
-  clang-14 libclang-rt-14-dev python3-psycopg nginx-light"
+  clang-14 libclang-rt-14-dev python3-psycopg nginx-light pgbouncer"
 install_bunce_deps() {
     [ "$(id -u)" = 0 ] || return 0
     # shellcheck disable=SC2086

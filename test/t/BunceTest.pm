@@ -1,12 +1,14 @@
 
 # Shared helpers for the bunce TAP tests: the Bunce stand-in (test/bunce_standin.py) and its
-# control API, a PostgreSQL node with bunce preloaded and pointed at a stand-in, and bounded
-# waits for conditions (never fixed sleeps where a condition can be waited for).
+# control API, a PostgreSQL node with bunce preloaded and pointed at a stand-in, a PgBouncer in
+# front of a node, and bounded waits for conditions (never fixed sleeps where a condition can
+# be waited for).
 #
 #   my $bunce = BunceTest::Standin->start(rate_limit => 0);
 #   my $node  = bunce_node('main', $bunce, conf => "bunce.rate_limit = 0\n");
 #   $node->safe_psql('postgres', enqueue_sql(1));
 #   ok(wait_for('1 delivered', sub { $bunce->stats->{delivered} == 1 }), '...');
+#   my $pgb = BunceTest::PgBouncer->start($node);     # psql, safe_psql, wait_sql go through it
 package BunceTest;
 
 use strict;
@@ -370,6 +372,139 @@ END
 {
 	local $?;    # keep the test's exit status
 	$_->stop for @running;
+}
+
+1;
+
+# --------------------------------------------------------------------------------------------
+# PgBouncer (Debian's /usr/sbin/pgbouncer) in front of a node, run as the test's own user on a
+# free loopback port, transaction pooling. The object is a PostgreSQL::Test::Cluster whose
+# host and port are PgBouncer's, so psql, safe_psql, background_psql and wait_sql connect
+# through it (it is never initialised or started as a server). Cluster's END stops every node
+# with teardown_node, which here kills PgBouncer by its pid: it does not outlive a dying test.
+#
+#   my $pgb = BunceTest::PgBouncer->start($node,
+#       databases => { postgres_one => 'pool_size=1' },   # more entries, all to dbname=postgres
+#       users => ['app']);                                  # login roles besides the test's own
+#   $pgb->safe_psql('postgres', 'SELECT 1');               # a client of pool "postgres"
+#   $pgb->show('POOLS');                                   # admin console, rows as hashes
+package BunceTest::PgBouncer;
+
+use strict;
+use warnings;
+
+use parent -norequire, 'PostgreSQL::Test::Cluster';
+use POSIX ();
+use Time::HiRes qw(time usleep);
+use Test::More;
+use PostgreSQL::Test::Utils;
+
+our $BINARY = '/usr/sbin/pgbouncer';
+
+# Pool "postgres" (default_pool_size = max_db_connections = pool_size, default 4) and the
+# extra entries of databases => { name => 'pgbouncer options' }, each to the node's database
+# postgres over its unix socket; auth_type trust with an auth_file listing the test's user and
+# users => [...]; the log is kept with the nodes' logs.
+sub start
+{
+	my ($class, $node, %opt) = @_;
+	# Not a skip: CI would pass without testing. test/deps.sh installs the package.
+	die "$BINARY is missing: install the Debian package pgbouncer (test/deps.sh)" unless -x $BINARY;
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $self = $class->new($opt{name} // 'pgbouncer', port => $port);
+	$self->{_host} = '127.0.0.1';
+	my $dir  = PostgreSQL::Test::Utils::tempdir('pgbouncer');
+	my $me   = getpwuid($<);
+	my $size = $opt{pool_size} // 4;
+	my $server = 'host=' . $node->host . ' port=' . $node->port . ' dbname=postgres';
+	my %dbs = (postgres => '', %{ $opt{databases} // {} });
+	my $databases = join '', map { "$_ = $server $dbs{$_}\n" } sort keys %dbs;
+
+	open my $users, '>', "$dir/userlist.txt" or die "$dir/userlist.txt: $!";
+	print $users qq{"$_" ""\n} for $me, @{ $opt{users} // [] };
+	close $users;
+	my $ini = "$dir/pgbouncer.ini";
+	open my $fh, '>', $ini or die "$ini: $!";
+	print $fh <<"EOI";
+[databases]
+$databases
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+admin_users = $me
+pool_mode = transaction
+default_pool_size = $size
+max_db_connections = $size
+max_client_conn = 100
+pidfile = $dir/pgbouncer.pid
+logfile = ${\ $self->logfile }
+EOI
+	print $fh $opt{conf} if defined $opt{conf};
+	close $fh;
+
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open STDOUT, ">>", $self->logfile;    # what comes before its own log (-q: no copy)
+		open STDERR, '>&', \*STDOUT;
+		exec($BINARY, "-q", $ini) or POSIX::_exit(127);
+	}
+	$self->{_pgbouncer_pid} = $pid;
+	my $up = BunceTest::wait_for(
+		"pgbouncer on port $port",
+		sub {
+			die "pgbouncer exited at start (status $?), see " . $self->logfile
+			  if waitpid($pid, POSIX::WNOHANG()) == $pid;
+			my ($rc) = $self->psql('pgbouncer', 'SHOW VERSION');
+			return $rc == 0;
+		},
+		timeout => 15);
+	die "pgbouncer did not answer on port $port within 15 s" unless $up;
+	note("pgbouncer pid $pid on 127.0.0.1:$port in front of node " . $node->name);
+	return $self;
+}
+
+# Rows of the admin console's SHOW <what> (POOLS, SERVERS, CLIENTS, ...), each a hash by
+# column name.
+sub show
+{
+	my ($self, $what) = @_;
+	my $out = $self->safe_psql('pgbouncer',
+		"\\pset tuples_only off\n\\pset footer off\nSHOW $what;");
+	my ($head, @rows) = split /\n/, $out;
+	my @cols = split /\|/, $head;
+	return [ map { my %r; @r{@cols} = split /\|/, $_, -1; \%r } @rows ];
+}
+
+# The SHOW POOLS row of one pool (database, and user: the test's own by default).
+sub pool
+{
+	my ($self, $db, $user) = @_;
+	$user //= getpwuid($<);
+	my ($row) = grep { $_->{database} eq $db && $_->{user} eq $user } @{ $self->show('POOLS') };
+	return $row // {};
+}
+
+# By its pid: SIGTERM, then SIGKILL after 5 s. Also what Cluster's END calls (teardown_node).
+sub stop
+{
+	my ($self) = @_;
+	my $pid = delete $self->{_pgbouncer_pid};
+	return 1 unless $pid;
+	kill 'TERM', $pid;
+	my $deadline = time() + 5;
+	while (time() < $deadline)
+	{
+		return 1 if waitpid($pid, POSIX::WNOHANG()) == $pid;
+		usleep(20_000);
+	}
+	kill 'KILL', $pid;
+	waitpid($pid, 0);
+	return 1;
 }
 
 1;
