@@ -5,9 +5,11 @@
 # python3-psycopg: bench/run's PostgreSQL client.
 # nginx-light (nginx and its echo module): bench/run's throughput sink. bench/run starts its own
 # unprivileged nginx on a free loopback port; the package's nginx service is not used.
+# postgresql-15-auto-failover (pg_autoctl): test/t/095_auto_failover.pl runs its own monitor and
+# two nodes in temporary directories; no service of the package is used.
 BUNCE_PACKAGES="build-essential cmake pkg-config postgresql-15 postgresql-server-dev-15
   libcurl4-openssl-dev nlohmann-json3-dev libgtest-dev libipc-run-perl python3 curl
-  clang-14 libclang-rt-14-dev python3-psycopg nginx-light"
+  clang-14 libclang-rt-14-dev python3-psycopg nginx-light postgresql-15-auto-failover"
 install_bunce_deps() {
     [ "$(id -u)" = 0 ] || return 0
     # shellcheck disable=SC2086
