@@ -7,9 +7,11 @@
 # unprivileged nginx on a free loopback port; the package's nginx service is not used.
 # pgbouncer: test/t/090_pgbouncer.pl starts its own unprivileged pgbouncer on a free loopback
 # port; the package's pgbouncer service is not used.
+# postgresql-15-auto-failover (pg_autoctl): test/t/095_auto_failover.pl runs its own monitor and
+# two nodes in temporary directories; no service of the package is used.
 BUNCE_PACKAGES="build-essential cmake pkg-config postgresql-15 postgresql-server-dev-15
   libcurl4-openssl-dev nlohmann-json3-dev libgtest-dev libipc-run-perl python3 curl
-  clang-14 libclang-rt-14-dev python3-psycopg nginx-light pgbouncer"
+  clang-14 libclang-rt-14-dev python3-psycopg nginx-light pgbouncer postgresql-15-auto-failover"
 install_bunce_deps() {
     [ "$(id -u)" = 0 ] || return 0
     # shellcheck disable=SC2086

@@ -31,18 +31,6 @@ sub enqueue_backlog
 	return [ $first .. $last ];
 }
 
-# Requests answered 2xx by the stand-in, by payload n: arrays of idempotency keys.
-sub accepted_by_n
-{
-	my %by_n;
-	for my $r (@{ $bunce->requests })
-	{
-		next unless ($r->{status} // 0) == 200;
-		push @{ $by_n{ $r->{json}{payload}{n} } }, $r->{headers}{'idempotency-key'};
-	}
-	return \%by_n;
-}
-
 sub in_flight_line
 {
 	my ($offset) = @_;
@@ -71,7 +59,7 @@ ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0', timeout => 60),
 my $new_pid = worker_pid($node);
 isnt($new_pid, $pid, "kill: a new worker ($new_pid) did the rest");
 
-my $by_n = accepted_by_n();
+my $by_n = accepted_by_n($bunce);
 is_deeply([ sort { $a <=> $b } keys %$by_n ], $want, "kill: all $N committed events delivered, none lost");
 my @twice = grep { @{ $by_n->{$_} } > 1 } keys %$by_n;
 my @thrice = grep { @{ $by_n->{$_} } > 2 } keys %$by_n;
@@ -137,7 +125,7 @@ $node->reload;
 ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0', timeout => 60),
 	'immediate: the outbox drained once delivery is on')
   or show_state($node, $bunce, 'after immediate');
-$by_n = accepted_by_n();
+$by_n = accepted_by_n($bunce);
 is_deeply([ sort { $a <=> $b } keys %$by_n ], $want, "immediate: all $N committed events delivered, none lost");
 @twice = grep { @{ $by_n->{$_} } > 1 } keys %$by_n;
 $stats = $bunce->stats;

@@ -29,7 +29,7 @@ use PostgreSQL::Test::Utils;
 our @EXPORT = qw(
   $EVENT_ID bunce_node wait_for wait_sql sql_value enqueue_sql worker_pid
   log_offset log_since log_count show_state requests_where payload_ns sorted_uniq
-  wait_worker_idle
+  wait_worker_idle bunce_conf accepted_by_n
 );
 
 # The event every test triggers unless it needs another (any UUID does: the stand-in accepts
@@ -106,15 +106,8 @@ sub bunce_node
 	my ($name, $standin, %opt) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init(%{ $opt{init} // {} });
-	my $url = $opt{url} // $standin->url;
-	my $key = $opt{key} // 'sk_test_standin';
-	$node->append_conf('postgresql.conf', <<"EOC");
-shared_preload_libraries = 'bunce'
-bunce.database = 'postgres'
-bunce.api_url = '$url'
-bunce.api_key = '$key'
-bunce.request_timeout = '2s'
-EOC
+	$node->append_conf('postgresql.conf',
+		bunce_conf($opt{url} // $standin->url, key => $opt{key}));
 	$node->append_conf('postgresql.conf', $opt{conf}) if defined $opt{conf};
 	$node->start;
 	return $node if $opt{no_extension};
@@ -130,6 +123,22 @@ EOC
 		  or BAIL_OUT("bunce worker of node $name did not reach state $state");
 	}
 	return $node;
+}
+
+# The postgresql.conf lines of a node with bunce preloaded and pointed at $url (options: key,
+# preload: the whole shared_preload_libraries list).
+sub bunce_conf
+{
+	my ($url, %opt) = @_;
+	my $key     = $opt{key}     // 'sk_test_standin';
+	my $preload = $opt{preload} // 'bunce';
+	return <<"EOC";
+shared_preload_libraries = '$preload'
+bunce.database = 'postgres'
+bunce.api_url = '$url'
+bunce.api_key = '$key'
+bunce.request_timeout = '2s'
+EOC
 }
 
 # SQL that enqueues one event per n in @ns, each in its own transaction (psql autocommit),
@@ -228,6 +237,19 @@ sub payload_ns
 {
 	my ($requests) = @_;
 	return [ map { $_->{json}{payload}{n} // 'none' } @$requests ];
+}
+
+# Requests $standin answered 2xx, by payload n: arrays of their Idempotency-Keys, in order.
+sub accepted_by_n
+{
+	my ($standin) = @_;
+	my %by_n;
+	for my $r (@{ $standin->requests })
+	{
+		next unless ($r->{status} // 0) == 200;
+		push @{ $by_n{ $r->{json}{payload}{n} } }, $r->{headers}{'idempotency-key'};
+	}
+	return \%by_n;
 }
 
 # The distinct values of a list, sorted: numerically when all of them are numbers, else as
