@@ -259,7 +259,6 @@ bool wait_for_extension() {
     if (extension_ready) start_delivering();
     end();
     if (extension_ready) return true;
-    stop_delivering();
     // Silent while the extension is just not there yet; an update or a restart to do is
     // worth a line.
     if (set_state(WORKER_WAITING_EXTENSION, why, 0) && check == EXTENSION_OTHER_VERSION)

@@ -66,7 +66,6 @@ void prepare_statements() {
             "WITH a AS (SELECT * FROM " ANSWERED
             ", pg_catalog.unnest($4::integer[])) AS a(id, attempts, key, status)), "
             "d AS (DELETE FROM bunce.outbox o USING a WHERE " ANSWERED_ROW
-            " "
             "      RETURNING o.id, o.event_id, o.idempotency_key, a.status, o.attempts, o.enqueued_at) "
             "INSERT INTO bunce.deliveries (id, event_id, idempotency_key, http_status, attempts, enqueued_at) "
             "SELECT * FROM d "
@@ -82,7 +81,6 @@ void prepare_statements() {
             "                         pg_catalog.unnest($7::text[])) "
             "           AS a(id, attempts, key, status, message, reason, response)), "
             "d AS (DELETE FROM bunce.outbox o USING a WHERE " ANSWERED_ROW
-            " "
             "      RETURNING o.*, a.status AS a_status, a.message AS a_message, a.reason AS a_reason, "
             "                a.response AS a_response) "
             "INSERT INTO bunce.dead_letters (id, event_id, payload, idempotency_key, reason, http_status, "
@@ -280,8 +278,10 @@ Recorded record_answers(const Answer *answers, int n) {
     }
     if (ok.n) {
         Datum args[] = {int8s(ok.ids, ok.n), int4s(ok.attempts, ok.n), texts(ok.keys, ok.n), int4s(ok.statuses, ok.n)};
-        run(delivery_log_retention_s > 0 ? delivered_logged_stmt : delivered_stmt, args,
-            delivery_log_retention_s > 0 ? SPI_OK_INSERT : SPI_OK_DELETE);
+        if (delivery_log_retention_s > 0)
+            run(delivered_logged_stmt, args, SPI_OK_INSERT);
+        else
+            run(delivered_stmt, args, SPI_OK_DELETE);
     }
     if (gone.n) write_dead(&gone);
     if (again.n) {
