@@ -24,11 +24,13 @@ VALUES
 -- Each says what to do about it.
 SELECT id, reason, http_status, advice FROM bunce.dead_letters ORDER BY id;
 
--- Retry the given ids: back to the outbox, due now, with their id and idempotency key;
--- 'invalid' ones are skipped (bunce_trigger would refuse them again).
+-- Retry the given ids: back to the outbox as a replay, with a new id (after whatever is
+-- pending for the customer) and the same idempotency key, due now; 'invalid' ones are skipped
+-- (bunce_trigger would refuse them again).
 SELECT bunce.retry_dead_letters(ARRAY[101, 104]) AS retried;
 SELECT id, event_id, payload, idempotency_key, attempts, sending_since, first_attempt_at, last_status,
-       last_error, possible_duplicate, enqueued_at, next_attempt_at <= now() AS due
+       last_error, possible_duplicate, enqueued_at, next_attempt_at <= now() AS due,
+       ordering_key = bunce.ordering_key(payload) AS keyed, scheduled
 FROM bunce.outbox ORDER BY id;
 SELECT id, reason FROM bunce.dead_letters ORDER BY id;
 -- unknown ids: nothing

@@ -57,6 +57,7 @@ enum StatusColumn {
     STATUS_LAST_ERROR,
     STATUS_LAST_ERROR_AT,
     STATUS_STARTED_AT,
+    STATUS_WAITING_TURN,
     STATUS_NATTS
 };
 
@@ -115,6 +116,7 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
         set(STATUS_QUEUED, Int64GetDatum(Max(0, s.queued_base + static_cast<int64>(committed - s.committed_at_base))));
         set(STATUS_IN_FLIGHT, Int32GetDatum(s.in_flight));
         set(STATUS_WAITING_RETRY, Int64GetDatum(s.waiting_retry));
+        set(STATUS_WAITING_TURN, Int64GetDatum(s.waiting_turn));
     }
     set(STATUS_DELIVERED, Int64GetDatum(s.delivered));
     set(STATUS_FAILED, Int64GetDatum(s.failed));

@@ -29,6 +29,7 @@ bool enabled;
 char *ca_file;
 int delivery_log_retention_s;
 int on_invalid;
+int ordering;
 char *api_key_file;
 char *https_proxy;
 int max_payload_size;
@@ -78,6 +79,11 @@ const char *show_api_key() { return kMask; }
 const struct config_enum_entry on_invalid_options[] = {
     {"error", ON_INVALID_ERROR, false},
     {"dead_letter", ON_INVALID_DEAD_LETTER, false},
+    {nullptr, 0, false},
+};
+const struct config_enum_entry ordering_options[] = {
+    {"customer", ORDERING_CUSTOMER, false},
+    {"none", ORDERING_NONE, false},
     {nullptr, 0, false},
 };
 
@@ -184,6 +190,9 @@ void define_gucs() {
                              "error raises an ERROR; dead_letter keeps the event in bunce.dead_letters instead.",
                              &on_invalid, ON_INVALID_ERROR, on_invalid_options, PGC_USERSET, 0, nullptr, nullptr,
                              nullptr);
+    DefineCustomEnumVariable("bunce.ordering", "Whether the events of one customer are sent one at a time, in order.",
+                             "customer: per customer_id, else customer email, else email; none: all in parallel.",
+                             &ordering, ORDERING_CUSTOMER, ordering_options, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
     MarkGUCPrefixReserved("bunce");
 }
 

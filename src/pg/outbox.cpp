@@ -12,20 +12,28 @@ extern "C" {
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/sequence.h"
+#include "common/hashfn.h"
 #include "common/pg_prng.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
+
+PGDLLEXPORT Datum bunce_next_event_id(PG_FUNCTION_ARGS);
+PG_FUNCTION_INFO_V1(bunce_next_event_id);
 }
 
 #if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 160000
@@ -56,6 +64,8 @@ const OutboxColumnDef outbox_columns[OUTBOX_NATTS] = {
     {"last_status", INT4OID, false},
     {"last_error", TEXTOID, false},
     {"possible_duplicate", BOOLOID, true},
+    {"ordering_key", INT8OID, false},
+    {"scheduled", BOOLOID, false},
 };
 constexpr int OUTBOX_BATCH = 1000;
 
@@ -201,6 +211,43 @@ Datum random_uuid() {
     return UUIDPGetDatum(u);
 }
 
+// The string member `name` of a jsonb object, or nullptr.
+const JsonbValue *string_member(JsonbContainer *object, const char *name, JsonbValue *out) {
+    if (!object || !JsonContainerIsObject(object)) return nullptr;
+    const JsonbValue *v = getKeyJsonValueFromContainer(object, name, static_cast<int>(strlen(name)), out);
+    return v && v->type == jbvString ? v : nullptr;
+}
+
+// The ordering key: exactly bunce.ordering_key(payload) in SQL, hashtextextended() of
+// 'customer_id:<id>', else 'email:<customer.email>', else 'email:<email>'. False when the
+// payload has none of them (never for a payload bunce_trigger accepted).
+bool ordering_key(Datum payload, int64 *key) {
+    Jsonb *jb = DatumGetJsonbP(payload);
+    JsonbValue customer, member;
+    JsonbContainer *c = nullptr;
+    if (getKeyJsonValueFromContainer(&jb->root, "customer", 8, &customer) && customer.type == jbvBinary)
+        c = customer.val.binary.data;
+    const char *prefix = "customer_id:";
+    const JsonbValue *v = string_member(c, "customer_id", &member);
+    if (!v) {
+        prefix = "email:";
+        v = string_member(c, "email", &member);
+    }
+    if (!v) v = string_member(&jb->root, "email", &member);
+    if (!v) return false;
+    StringInfoData text;
+    initStringInfo(&text);
+    appendStringInfoString(&text, prefix);
+    appendBinaryStringInfo(&text, v->val.string.val, v->val.string.len);
+    *key = static_cast<int64>(hash_bytes_extended(reinterpret_cast<const unsigned char *>(text.data), text.len, 0));
+    pfree(text.data);
+    return true;
+}
+
+// The block of ids this transaction takes from: [next, end).
+LocalTransactionId block_lxid = InvalidLocalTransactionId;
+int64 block_next = 0, block_end = 0;
+
 // The writer for single rows, kept open for the rest of the command: a COPY or a multi-row
 // INSERT fires the row trigger once per row, and opening the outbox and its indexes each time
 // cost about as much as the insert. It lives in TopTransactionContext and its relations are
@@ -213,6 +260,27 @@ CommandId row_writer_cid = InvalidCommandId;
 
 }  // namespace
 
+int64 next_event_id(Oid seq) {
+    if (block_lxid != MyProc->lxid || block_next >= block_end) {
+        HeapTuple t = SearchSysCache1(SEQRELID, ObjectIdGetDatum(seq));
+        if (!HeapTupleIsValid(t)) elog(ERROR, "cache lookup failed for sequence %u", seq);
+        const auto *form = reinterpret_cast<Form_pg_sequence>(GETSTRUCT(t));
+        const int64 increment = form->seqincrement, cache = form->seqcache;
+        ReleaseSysCache(t);
+        // A cache would hand a session ids taken before other transactions committed.
+        if (increment <= 0 || cache != 1)
+            ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                            errmsg("bunce.event_id_seq must count upwards with CACHE 1"),
+                            errdetail("Event ids keep the order of events only so."),
+                            errhint("Run ALTER SEQUENCE bunce.event_id_seq INCREMENT BY 64 CACHE 1.")));
+        (void)GetTopTransactionId();
+        block_next = nextval_internal(seq, false);
+        block_end = block_next + increment;
+        block_lxid = MyProc->lxid;
+    }
+    return block_next++;
+}
+
 int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
     TupleTableSlot *slot = w->slot;
     if (w->batch) {
@@ -224,7 +292,8 @@ int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
         slot = w->batch[w->nbatch];
     }
     ExecClearTuple(slot);
-    const int64 id = nextval_internal(w->seq, false);
+    // A schema before ordering (1.3, not yet updated) has a cached sequence: ids one at a time.
+    const int64 id = w->column[COL_SCHEDULED] >= 0 ? next_event_id(w->seq) : nextval_internal(w->seq, false);
     const TimestampTz now = GetCurrentTransactionStartTimestamp();
     Datum *v = slot->tts_values;
     bool *n = slot->tts_isnull;
@@ -245,6 +314,9 @@ int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
     set(COL_NEXT_ATTEMPT_AT, TimestampTzGetDatum(now));
     set(COL_ATTEMPTS, Int32GetDatum(0));
     set(COL_POSSIBLE_DUPLICATE, BoolGetDatum(false));
+    int64 key;
+    if (w->column[COL_ORDERING_KEY] >= 0 && ordering_key(payload, &key)) set(COL_ORDERING_KEY, Int64GetDatum(key));
+    if (w->column[COL_SCHEDULED] >= 0) set(COL_SCHEDULED, BoolGetDatum(false));
     ExecStoreVirtualTuple(slot);
     if (w->batch) {
         ExecMaterializeSlot(slot);  // its values live in the caller's per-row memory
@@ -299,3 +371,14 @@ OutboxWriter *single_row_writer() {
 }
 
 }  // namespace bunce_pg
+
+// bunce.next_event_id(): the default of bunce.outbox.id, so that rows written by SQL take
+// their ids as bunce_trigger does.
+Datum bunce_next_event_id(PG_FUNCTION_ARGS) {
+    (void)fcinfo;
+    const Oid seq = get_relname_relid("event_id_seq", bunce_pg::bunce_namespace());
+    if (!OidIsValid(seq))
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("bunce.event_id_seq is missing"),
+                        errhint("Reinstall the extension: DROP EXTENSION bunce; CREATE EXTENSION bunce.")));
+    PG_RETURN_INT64(bunce_pg::next_event_id(seq));
+}

@@ -26,6 +26,8 @@ enum OutboxColumn {
     COL_LAST_STATUS,
     COL_LAST_ERROR,
     COL_POSSIBLE_DUPLICATE,
+    COL_ORDERING_KEY,
+    COL_SCHEDULED,
     OUTBOX_NATTS
 };
 
@@ -51,6 +53,12 @@ Oid bunce_namespace();
 void check_served_database();
 // ERRORs in a read-only transaction or on a standby; `what` names the caller in the hint.
 void check_writable(const char *what);
+
+// The next event id of this transaction: ids come from bunce.event_id_seq in blocks of its
+// increment, each used within one transaction, so that an event enqueued by a transaction that
+// began after another committed has the larger id. The transaction has an id before it takes a
+// block (the worker's frontier relies on it, see worker_sql.cpp).
+int64 next_event_id(Oid seq);
 
 // A writer of its own, for one statement's rows (bulk: batched as COPY does).
 void outbox_open(OutboxWriter *w, bool bulk);

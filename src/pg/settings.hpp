@@ -18,6 +18,8 @@ extern char *ca_file;
 extern int delivery_log_retention_s;
 enum OnInvalid { ON_INVALID_ERROR, ON_INVALID_DEAD_LETTER };
 extern int on_invalid;
+enum Ordering { ORDERING_CUSTOMER, ORDERING_NONE };
+extern int ordering;
 extern char *api_key_file;
 extern char *https_proxy;
 extern int max_payload_size;  // bytes of payload JSON text

@@ -36,6 +36,7 @@ struct Shared {
     int64 queued_base;
     uint64 committed_at_base;
     int64 waiting_retry;
+    int64 waiting_turn;  // parked behind an earlier event of their key
     int in_flight;
     uint64 delivered;
     uint64 failed;  // dead-lettered by the worker

@@ -316,16 +316,17 @@ int exchange(const Round &round) {
         lose_extension();
         return 0;
     }
-    Recorded recorded{0, 0, 0, nullptr};
-    Claimed claimed{0, 0};
+    Recorded recorded{0, 0, 0, 0, nullptr};
+    Claimed claimed{0, 0, false, 0};
     if (nanswers > 0) recorded = record_answers(answers, nanswers);
-    if (recorded.retried > 0) {
-        look_for_work = true;   // unpaused retries may be due at once
+    if (recorded.retried > 0 || recorded.promoted > 0) {
+        look_for_work = true;   // unpaused retries and events whose turn came may be due at once
         last_housekeeping = 0;  // bunce.status.waiting_retry: count them this round
     }
     if (claiming && !pause.until_us) {  // an answer may just have paused the sender
         claimed = claim_events(round.slots);
-        look_for_work = claimed.staged + claimed.oversize == round.slots;  // a full batch: maybe more
+        // a full batch, new rows left, or events whose turn came: maybe more
+        look_for_work = claimed.more || claimed.promoted > 0 || claimed.staged + claimed.oversize == round.slots;
         if (!look_for_work) next_retry_due = next_due();
     }
     end();
@@ -370,6 +371,7 @@ void housekeeping(TimestampTz now) {
     if (now - last_recount >= kRecountUs) {
         last_recount = now;
         release_claims(false);
+        release_turns();
         recount_queue();
     }
     end();

@@ -9,6 +9,7 @@ extern "C" {
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
@@ -30,6 +31,8 @@ volatile sig_atomic_t in_transaction = false;
 
 namespace {
 
+void reset_frontier();  // (the frontier of new rows, see claim_events)
+
 struct Statement {
     const char *name;  // in errors
     SPIPlanPtr plan;
@@ -37,7 +40,8 @@ struct Statement {
 Statement claim_stmt{"claiming events"}, delivered_stmt{"removing delivered events"},
     delivered_logged_stmt{"moving delivered events to bunce.deliveries"},
     dead_stmt{"moving events to bunce.dead_letters"}, retry_stmt{"scheduling retries"},
-    next_due_stmt{"finding the next retry"};
+    next_due_stmt{"finding the next retry"}, promote_stmt{"giving customers their next event"},
+    sequence_stmt{"reading bunce.event_id_seq"};
 
 void prepare(Statement &s, const char *sql, int nargs, Oid *types) {
     s.plan = SPI_prepare(sql, nargs, types);
@@ -49,9 +53,12 @@ void prepare(Statement &s, const char *sql, int nargs, Oid *types) {
 
 void prepare_statements() {
     if (claim_stmt.plan) return;
-    Oid claim_types[] = {INT4OID};
+    Oid claim_types[] = {INT4OID, INT8OID, BOOLOID, INT4OID};
     // The claim is bunce.claim(), which the isolation specs test as it is.
-    prepare(claim_stmt, "SELECT id, attempts, event_id, payload, idempotency_key FROM bunce.claim($1)", 1, claim_types);
+    prepare(claim_stmt,
+            "SELECT id, attempts, event_id, payload, idempotency_key, parked, more "
+            "FROM bunce.claim($1, $2, $3, $4 * interval '1 millisecond')",
+            4, claim_types);
     // An answer is recorded on the row as it was claimed: same id, same idempotency key, same
     // attempt. (An answer to a claim released since, or to an event of an extension dropped and
     // created again, whose ids start over, changes nothing.) $1-$3 name the claims answered.
@@ -60,18 +67,23 @@ void prepare_statements() {
     "pg_catalog.unnest($3::text[])"
 #define ANSWERED_ROW "o.id = a.id AND o.attempts = a.attempts AND o.idempotency_key = a.key::pg_catalog.uuid"
     Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
+    // Each statement that removes events returns their ordering keys (see promote()).
     prepare(delivered_stmt,
-            "DELETE FROM bunce.outbox o USING " ANSWERED ") AS a(id, attempts, key) WHERE " ANSWERED_ROW, 3, del_types);
-    prepare(delivered_logged_stmt,
-            "WITH a AS (SELECT * FROM " ANSWERED
-            ", pg_catalog.unnest($4::integer[])) AS a(id, attempts, key, status)), "
-            "d AS (DELETE FROM bunce.outbox o USING a WHERE " ANSWERED_ROW
-            "      RETURNING o.id, o.event_id, o.idempotency_key, a.status, o.attempts, o.enqueued_at) "
-            "INSERT INTO bunce.deliveries (id, event_id, idempotency_key, http_status, attempts, enqueued_at) "
-            "SELECT * FROM d "
-            "ON CONFLICT (id) DO UPDATE SET delivered_at = pg_catalog.now(), http_status = excluded.http_status, "
-            "                               attempts = excluded.attempts",
-            4, del_types);
+            "DELETE FROM bunce.outbox o USING " ANSWERED ") AS a(id, attempts, key) WHERE " ANSWERED_ROW
+            " RETURNING o.ordering_key",
+            3, del_types);
+    prepare(
+        delivered_logged_stmt,
+        "WITH a AS (SELECT * FROM " ANSWERED
+        ", pg_catalog.unnest($4::integer[])) AS a(id, attempts, key, status)), "
+        "d AS (DELETE FROM bunce.outbox o USING a WHERE " ANSWERED_ROW
+        "      RETURNING o.id, o.event_id, o.idempotency_key, a.status, o.attempts, o.enqueued_at, o.ordering_key), "
+        "i AS (INSERT INTO bunce.deliveries (id, event_id, idempotency_key, http_status, attempts, enqueued_at) "
+        "      SELECT id, event_id, idempotency_key, status, attempts, enqueued_at FROM d "
+        "      ON CONFLICT (id) DO UPDATE SET delivered_at = pg_catalog.now(), http_status = excluded.http_status, "
+        "                                     attempts = excluded.attempts) "
+        "SELECT ordering_key FROM d",
+        4, del_types);
     Oid dead_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
                         TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
     prepare(dead_stmt,
@@ -82,11 +94,12 @@ void prepare_statements() {
             "           AS a(id, attempts, key, status, message, reason, response)), "
             "d AS (DELETE FROM bunce.outbox o USING a WHERE " ANSWERED_ROW
             "      RETURNING o.*, a.status AS a_status, a.message AS a_message, a.reason AS a_reason, "
-            "                a.response AS a_response) "
-            "INSERT INTO bunce.dead_letters (id, event_id, payload, idempotency_key, reason, http_status, "
-            "    message, response, attempts, enqueued_at, first_attempt_at, last_attempt_at) "
-            "SELECT id, event_id, payload, idempotency_key, a_reason, nullif(a_status, 0), a_message, "
-            "       nullif(a_response, ''), attempts, enqueued_at, first_attempt_at, sending_since FROM d",
+            "                a.response AS a_response), "
+            "i AS (INSERT INTO bunce.dead_letters (id, event_id, payload, idempotency_key, reason, http_status, "
+            "          message, response, attempts, enqueued_at, first_attempt_at, last_attempt_at) "
+            "      SELECT id, event_id, payload, idempotency_key, a_reason, nullif(a_status, 0), a_message, "
+            "             nullif(a_response, ''), attempts, enqueued_at, first_attempt_at, sending_since FROM d) "
+            "SELECT ordering_key FROM d",
             7, dead_types);
     Oid retry_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
                          TEXTARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
@@ -103,9 +116,28 @@ void prepare_statements() {
             7, retry_types);
 #undef ANSWERED
 #undef ANSWERED_ROW
+    // Parked events have next_attempt_at infinity: they are not retries.
     prepare(next_due_stmt,
-            "SELECT next_attempt_at FROM bunce.outbox WHERE sending_since IS NULL "
-            "ORDER BY next_attempt_at, id LIMIT 1",
+            "SELECT next_attempt_at FROM bunce.outbox WHERE scheduled AND sending_since IS NULL "
+            "AND next_attempt_at < 'infinity' ORDER BY next_attempt_at, id LIMIT 1",
+            0, nullptr);
+    // The first scheduled event of each key whose event was removed, when it is parked,
+    // becomes due now. (The first: a row committed late, concurrently with the others, may
+    // have a smaller id than the event just answered.)
+    Oid promote_types[] = {INT8ARRAYOID};
+    prepare(promote_stmt,
+            "UPDATE bunce.outbox o SET next_attempt_at = pg_catalog.statement_timestamp() "
+            "FROM (SELECT (SELECT p.id FROM bunce.outbox p WHERE p.scheduled AND p.ordering_key = k.k "
+            "              ORDER BY p.id LIMIT 1) AS id "
+            "      FROM (SELECT DISTINCT k FROM pg_catalog.unnest($1::bigint[]) AS u(k)) k) n "
+            "WHERE o.id = n.id AND o.next_attempt_at = 'infinity' AND o.sending_since IS NULL",
+            1, promote_types);
+    // Where the ids handed out so far end: the last block's start plus its length (before
+    // the first nextval, last_value is the first id to come).
+    prepare(sequence_stmt,
+            "SELECT CASE WHEN s.is_called THEN s.last_value + q.seqincrement - 1 ELSE s.last_value - 1 END "
+            "FROM bunce.event_id_seq s, pg_catalog.pg_sequence q "
+            "WHERE q.seqrelid = 'bunce.event_id_seq'::pg_catalog.regclass",
             0, nullptr);
 }
 
@@ -156,10 +188,28 @@ void add_dead(Batch *b, int64 id, int attempts, const char *key, int status, con
     b->n++;
 }
 
-void write_dead(Batch *b) {
+// After events were removed (their keys in SPI_tuptable): the next event of each key may go.
+// Returns how many became due.
+int promote() {
+    const int n = static_cast<int>(SPI_processed);
+    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * Max(n, 1)));
+    int nkeys = 0;
+    for (int i = 0; i < n; i++) {
+        bool isnull;
+        const Datum k = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+        if (!isnull) keys[nkeys++] = k;
+    }
+    if (nkeys == 0) return 0;
+    Datum args[] = {int8s(keys, nkeys)};
+    run(promote_stmt, args, SPI_OK_UPDATE);
+    return static_cast<int>(SPI_processed);
+}
+
+int write_dead(Batch *b) {
     Datum args[] = {int8s(b->ids, b->n),      int4s(b->attempts, b->n), texts(b->keys, b->n),  int4s(b->statuses, b->n),
                     texts(b->messages, b->n), texts(b->extra, b->n),    texts(b->extra2, b->n)};
-    run(dead_stmt, args, SPI_OK_INSERT);
+    run(dead_stmt, args, SPI_OK_SELECT);
+    return promote();
 }
 
 MemoryContext caller_cxt;  // current at begin(), current again after end()
@@ -188,8 +238,8 @@ void end() {
 namespace {
 
 // The schema versions this library's SQL works with: from the first with bunce.claim() to its
-// own. (A newer schema may have changed what this code reads and writes.)
-constexpr const char *kOldestSchema = "1.3";
+// own. (A newer schema may have changed what this code reads and writes.) 1.4: ordering.
+constexpr const char *kOldestSchema = "1.4";
 Oid delivering_extension = InvalidOid;  // the extension delivered for since start_delivering()
 
 // Compares "major.minor" versions.
@@ -243,6 +293,7 @@ ExtensionCheck check_extension(char *why, size_t size) {
 
 void start_delivering() {
     prepare_statements();
+    reset_frontier();
     release_claims(true);
     recount_queue();
 }
@@ -250,7 +301,7 @@ void start_delivering() {
 void stop_delivering() { delivering_extension = InvalidOid; }
 
 Recorded record_answers(const Answer *answers, int n) {
-    Recorded out{0, 0, 0, nullptr};
+    Recorded out{0, 0, 0, 0, nullptr};
     Batch ok, gone, again;
     batch_init(&ok, n);
     batch_init(&gone, n);
@@ -279,11 +330,12 @@ Recorded record_answers(const Answer *answers, int n) {
     if (ok.n) {
         Datum args[] = {int8s(ok.ids, ok.n), int4s(ok.attempts, ok.n), texts(ok.keys, ok.n), int4s(ok.statuses, ok.n)};
         if (delivery_log_retention_s > 0)
-            run(delivered_logged_stmt, args, SPI_OK_INSERT);
+            run(delivered_logged_stmt, args, SPI_OK_SELECT);
         else
-            run(delivered_stmt, args, SPI_OK_DELETE);
+            run(delivered_stmt, args, SPI_OK_DELETE_RETURNING);
+        out.promoted += promote();
     }
-    if (gone.n) write_dead(&gone);
+    if (gone.n) out.promoted += write_dead(&gone);
     if (again.n) {
         Datum args[] = {int8s(again.ids, again.n),      int4s(again.attempts, again.n), texts(again.keys, again.n),
                         int4s(again.statuses, again.n), texts(again.messages, again.n), int8s(again.extra, again.n),
@@ -296,16 +348,82 @@ Recorded record_answers(const Answer *answers, int n) {
     return out;
 }
 
+namespace {
+
+// A claim lasts at most a request's time limit; one this much older is held by no request.
+constexpr int kClaimMarginMs = 30000;
+
+/* The frontier: every row with an id up to it has been placed (scheduled) by the worker, or
+ * will never be seen, so new rows are looked for above it only, through the primary key.
+ *
+ * A claim places the new rows its snapshot sees, in id order. A row it cannot see yet has an
+ * id that was handed out already, to a transaction that was running at the claim and that took
+ * its transaction id before its ids (next_event_id). So after a claim, the ids handed out so
+ * far (up to `upto`) are all placed or belong to transactions with an id below `xid`, the next
+ * transaction id then: once a later snapshot's xmin has passed `xid`, those have ended, and
+ * the claim in that snapshot, which starts from the old frontier, sees and places their rows;
+ * after it, the frontier may move to `upto`. Rows written with ids of their own (a restore, by
+ * hand) below the frontier are found by a scan from the start once a minute.
+ */
+struct Check {
+    int64 upto;
+    TransactionId xid;
+};
+constexpr int kChecks = 16;
+Check checks[kChecks];
+int nchecks = 0;
+int64 frontier = 0;
+TimestampTz last_full_scan = 0;
+constexpr int64 kFullScanUs = 60 * USECS_PER_SEC;
+
+void reset_frontier() {
+    frontier = 0;
+    nchecks = 0;
+    last_full_scan = GetCurrentTimestamp();
+}
+
+// After a claim that started from `from` and placed every new row it saw up to `covered`.
+void advance_frontier(TransactionId xmin, int64 from, int64 covered) {
+    int done = 0;
+    while (done < nchecks && TransactionIdPrecedesOrEquals(checks[done].xid, xmin)) {
+        if (from <= frontier) frontier = Max(frontier, Min(checks[done].upto, covered));
+        if (checks[done].upto > covered) break;  // the claim did not get that far: again next time
+        done++;
+    }
+    memmove(checks, checks + done, sizeof(Check) * (nchecks - done));
+    nchecks -= done;
+    run(sequence_stmt, nullptr, SPI_OK_SELECT);
+    bool isnull;
+    const int64 upto = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    const Check next{isnull ? 0 : upto, XidFromFullTransactionId(ReadNextFullTransactionId())};
+    // A later check covers an earlier one, only later: when full, the newest replaces the last.
+    if (nchecks == kChecks) nchecks--;
+    checks[nchecks++] = next;
+}
+
+}  // namespace
+
 // A payload over bunce.max_payload_size (enqueued before the limit was lowered, or written
 // into the outbox by hand) is not sent: it becomes a dead letter at once, so the worker never
 // holds more than bunce.max_in_flight payloads of that size.
 Claimed claim_events(int limit) {
-    Datum args[] = {Int32GetDatum(limit)};
+    const TransactionId xmin = GetActiveSnapshot()->xmin;  // the transaction's, taken before the claim
+    int64 from = frontier;
+    const TimestampTz now = GetCurrentTimestamp();
+    if (now - last_full_scan >= kFullScanUs) {
+        from = 0;
+        last_full_scan = now;
+    }
+    Datum args[] = {Int32GetDatum(limit), Int64GetDatum(from), BoolGetDatum(ordering == ORDERING_CUSTOMER),
+                    Int32GetDatum(request_timeout_ms + kClaimMarginMs)};
     run(claim_stmt, args, SPI_OK_SELECT);
     const int n = static_cast<int>(SPI_processed);
     SPITupleTable *claimed = SPI_tuptable;
     Batch big;
     batch_init(&big, n);
+    int due = 0, placed = 0, parked = 0;
+    bool more = false;
+    int64 last_placed = from;
     // The payload arrives as jsonb, still compressed or in TOAST, and becomes text one row at
     // a time: the claim never holds more than one payload besides those staged.
     MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "bunce claim row", ALLOCSET_DEFAULT_SIZES);
@@ -314,6 +432,18 @@ Claimed claim_events(int limit) {
         TupleDesc d = claimed->tupdesc;
         bool isnull;
         const int64 id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+        const Datum more_d = SPI_getbinval(t, d, 7, &isnull);
+        if (isnull) {
+            due++;  // scheduled before
+        } else {
+            placed++;  // new
+            more = DatumGetBool(more_d);
+            last_placed = Max(last_placed, id);
+        }
+        if (DatumGetBool(SPI_getbinval(t, d, 6, &isnull))) {
+            parked++;
+            continue;
+        }
         MemoryContext old = MemoryContextSwitchTo(row_cxt);
         Jsonb *jb = DatumGetJsonbP(SPI_getbinval(t, d, 4, &isnull));
         // Enqueued payloads were measured as sent; one written by hand could write out to far
@@ -338,41 +468,68 @@ Claimed claim_events(int limit) {
         MemoryContextReset(row_cxt);
     }
     MemoryContextDelete(row_cxt);
-    if (big.n) write_dead(&big);
-    return {n - big.n, big.n};
+    // How far every new row seen was placed: all of them, unless the claim stopped short (its
+    // scan was full, or a head had no slot left); nothing known when no slot was left at all.
+    const int64 covered = placed > 0 ? (more ? last_placed : PG_INT64_MAX) : (due < limit ? PG_INT64_MAX : from);
+    advance_frontier(xmin, from, covered);
+    Claimed out{n - parked - big.n, big.n, more || due == limit};
+    if (big.n) out.promoted = write_dead(&big);
+    return out;
 }
 
 TimestampTz next_due() {
     run(next_due_stmt, nullptr, SPI_OK_SELECT);
-    if (SPI_processed == 0) return 0;
+    if (SPI_processed == 0) return 0;  // (none, or only parked events)
     bool isnull;
     return DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 int64 count_waiting_retry() {
     return query_int("counting retries",
-                     "SELECT pg_catalog.count(*) FROM bunce.outbox "
-                     "WHERE next_attempt_at > pg_catalog.statement_timestamp() AND sending_since IS NULL");
+                     "SELECT pg_catalog.count(*) FROM bunce.outbox WHERE scheduled "
+                     "AND next_attempt_at > pg_catalog.statement_timestamp() AND next_attempt_at < 'infinity' "
+                     "AND sending_since IS NULL");
 }
 
-namespace {
-// A claim lasts at most a request's time limit; one this much older is held by no request.
-constexpr int kClaimMarginMs = 30000;
-}  // namespace
+// Parked events are due once their key has no other scheduled event before them; answers do
+// that as they come (promote). This catches the rest: an event deleted by hand, a change of
+// bunce.ordering to none (then every parked event goes). Visits each key once, through the
+// key index.
+void release_turns() {
+    const char *sql =
+        ordering == ORDERING_NONE
+            ? "WITH r AS (UPDATE bunce.outbox SET next_attempt_at = pg_catalog.statement_timestamp() "
+              "WHERE scheduled AND next_attempt_at = 'infinity' AND sending_since IS NULL RETURNING 1) "
+              "SELECT pg_catalog.count(*) FROM r"
+            : "WITH RECURSIVE k(k) AS ("
+              "  (SELECT ordering_key FROM bunce.outbox WHERE scheduled AND ordering_key IS NOT NULL "
+              "   ORDER BY ordering_key LIMIT 1) "
+              "  UNION ALL "
+              "  SELECT (SELECT o.ordering_key FROM bunce.outbox o WHERE o.scheduled AND o.ordering_key > k.k "
+              "          ORDER BY o.ordering_key LIMIT 1) FROM k WHERE k.k IS NOT NULL), "
+              "first AS (SELECT (SELECT p.id FROM bunce.outbox p WHERE p.scheduled AND p.ordering_key = k.k "
+              "                  ORDER BY p.id LIMIT 1) AS id FROM k WHERE k.k IS NOT NULL), "
+              "r AS (UPDATE bunce.outbox o SET next_attempt_at = pg_catalog.statement_timestamp() FROM first f "
+              "      WHERE o.id = f.id AND o.next_attempt_at = 'infinity' AND o.sending_since IS NULL RETURNING 1) "
+              "SELECT pg_catalog.count(*) FROM r";
+    query_int("releasing parked events", sql);
+}
 
 // At start-up all claims (what a crash or a stop left behind); later those older than a
-// request can last (restored with the outbox, or left by an earlier worker). Such an event
-// was possibly sent: it is marked, counted and sent again, with the same Idempotency-Key.
+// request can last (left by an earlier worker), and claims on rows the worker never placed
+// (restored with the outbox, written by hand; the claim skips those). Such an event was
+// possibly sent: it is marked, counted and sent again, with the same Idempotency-Key, first of
+// its key (scheduled, due now).
 void release_claims(bool all) {
-    char sql[512];
+    char sql[640];
     char older[256] = "";
     if (!all)  // the requests this worker has in flight may outlast a lowered request_timeout
         snprintf(older, sizeof older,
-                 "AND sending_since < pg_catalog.statement_timestamp() - interval '%d milliseconds' "
-                 "AND id <> ALL ($1) ",
+                 "AND (NOT scheduled OR (sending_since < pg_catalog.statement_timestamp() - "
+                 "interval '%d milliseconds' AND id <> ALL ($1))) ",
                  request_timeout_ms + kClaimMarginMs);
     snprintf(sql, sizeof sql,
-             "WITH r AS (UPDATE bunce.outbox SET sending_since = NULL, possible_duplicate = true, "
+             "WITH r AS (UPDATE bunce.outbox SET sending_since = NULL, possible_duplicate = true, scheduled = true, "
              "next_attempt_at = least(next_attempt_at, pg_catalog.statement_timestamp()) "
              "WHERE sending_since IS NOT NULL %sRETURNING 1) SELECT pg_catalog.count(*) FROM r",
              older);
@@ -400,8 +557,12 @@ void release_claims(bool all) {
 void recount_queue() {
     const uint64 committed = pg_atomic_read_u64(&shared->committed);
     const int64 queued = query_int("counting the queue", "SELECT pg_catalog.count(*) FROM bunce.outbox");
+    const int64 turn = query_int("counting events waiting for their turn",
+                                 "SELECT pg_catalog.count(*) FROM bunce.outbox WHERE scheduled "
+                                 "AND next_attempt_at = 'infinity' AND sending_since IS NULL");
     SpinLockAcquire(&shared->mutex);
     shared->queued_base = queued;
+    shared->waiting_turn = turn;
     shared->committed_at_base = committed;
     SpinLockRelease(&shared->mutex);
 }

@@ -35,6 +35,7 @@ struct Recorded {
     int delivered;             // removed after a 2xx
     int dead;                  // became dead letters
     int retried;               // back in the queue
+    int promoted;              // events whose turn came (an earlier event of their key left)
     const Answer *last_error;  // the last answer that was not a success, or nullptr
 };
 Recorded record_answers(const Answer *answers, int n);
@@ -42,8 +43,10 @@ Recorded record_answers(const Answer *answers, int n);
 struct Claimed {
     int staged;    // requests staged in the sender
     int oversize;  // payloads over bunce.max_payload_size, dead letters at once
+    bool more;     // more may be due at once
+    int promoted;  // events whose turn came (see Recorded)
 };
-// Claims up to `limit` due events (bunce.claim) and stages their requests.
+// Claims up to `limit` due events (bunce.claim), places new ones, and stages the requests.
 Claimed claim_events(int limit);
 
 // The earliest next_attempt_at of an unclaimed event, 0 when none.
@@ -52,6 +55,8 @@ TimestampTz next_due();
 int64 count_waiting_retry();
 // Makes claims due again that no request of this worker holds (see worker_sql.cpp).
 void release_claims(bool all);
+// Makes parked events due whose key has nothing scheduled before them (see worker_sql.cpp).
+void release_turns();
 // Counts the queue for bunce.status.
 void recount_queue();
 // Deletes old rows of bunce.deliveries, at most every minute; 5000 at a time.

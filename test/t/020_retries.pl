@@ -1,7 +1,7 @@
 # Retries and dead letters: transient failures (5xx, dropped connection, timeout) are retried
 # with the same Idempotency-Key until delivered; permanent refusals (422, 2xx with success
 # false) become dead letters after one request; max_attempts exhausted becomes a dead letter;
-# bunce.retry_dead_letters() sends them again with their original key.
+# bunce.retry_dead_letters() sends them again (a replay, new ids) with their original key.
 use strict;
 use warnings;
 
@@ -204,7 +204,7 @@ is($node->safe_psql('postgres', 'SELECT dead_letters, failed FROM bunce.status')
 	'4|7', 'bunce.status: 4 dead letters (3 discarded), 7 failed');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM bunce.outbox'), '0', 'outbox is empty');
 
-# ---- bunce.retry_dead_letters(): same id, same key, delivered --------------------------------
+# ---- bunce.retry_dead_letters(): a replay (new id), same key, delivered ------------------------
 
 my %dead_key = map { split /\|/ } split /\n/,
   $node->safe_psql('postgres', 'SELECT id, idempotency_key FROM bunce.dead_letters');
@@ -212,8 +212,9 @@ is(scalar keys %dead_key, 4, 'four dead letters to retry');
 $seq = $bunce->stats->{received};
 is($node->safe_psql('postgres', "SELECT bunce.retry_dead_letters(ARRAY[$id422])"),
 	'1', 'retry_dead_letters(ids) moved one');
-ok(wait_sql($node, "SELECT count(*) FROM bunce.deliveries WHERE id = $id422", '1'),
-	'the retried 422 event was delivered');
+ok( wait_sql($node,
+		"SELECT count(*) FROM bunce.deliveries WHERE idempotency_key = '$dead_key{$id422}' AND id > $id422", '1'),
+	'the retried 422 event was delivered, under a new id');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM bunce.dead_letters'),
 	'3', 'the other dead letters stayed');
 is($node->safe_psql('postgres', 'SELECT bunce.retry_dead_letters()'),
@@ -229,10 +230,11 @@ is_deeply({ map { $_ => $sent_key{$_} } keys %id_of_n },
 	'each retried event carried its original Idempotency-Key');
 is(scalar(grep { $_->{status} == 200 } @$reqs), 4, 'all four accepted');
 is( $node->safe_psql('postgres',
-		"SELECT count(*) FROM bunce.deliveries WHERE id IN ($id422, $id_sf, $id_st, $id_ex) "
-		  . "AND attempts = 1 AND http_status = 200"),
+		"SELECT count(*) FROM bunce.deliveries WHERE idempotency_key IN ("
+		  . join(', ', map { "'$dead_key{$_}'" } $id422, $id_sf, $id_st, $id_ex)
+		  . ") AND attempts = 1 AND http_status = 200"),
 	'4',
-	'bunce.deliveries has them, under their original ids, one attempt each after the retry');
+	'bunce.deliveries has them, with their original keys, one attempt each after the retry');
 # No event accepted twice. (The stand-in's own "duplicates" counter counts any 2xx as a
 # success, so the dead-lettered 200/201 success:false answers followed by the retry count
 # there; count real acceptances instead: normal, unscripted 2xx answers.)

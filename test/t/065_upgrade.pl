@@ -66,7 +66,7 @@ is_deeply(sorted_uniq(@{ payload_ns($bunce->requests) }), [ 1 .. 11 ], 'events 1
 
 # ---- DROP and CREATE EXTENSION with requests in flight -------------------------------------
 
-# A fresh extension first, so that the old and the new events get the same ids (1, 2, 3: one
+# A fresh extension first, so that the old and the new events get the same ids (1, 65, 129: one
 # session each); three requests at most, so that the new events wait while the old ones are in
 # flight.
 $node->safe_psql('postgres', 'ALTER SYSTEM SET bunce.max_in_flight = 3');
@@ -76,15 +76,15 @@ ok(wait_sql($node, 'SELECT state FROM bunce.status', 'running'), 'running with a
 $bunce->reset;
 $bunce->script([ map { { pass => 1, delay_ms => 1500 } } 1 .. 3 ]);
 $node->safe_psql('postgres', enqueue_sql([ 21 .. 23 ], tag => 'old-extension'));
-is($node->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM bunce.outbox"), '1,2,3',
-	'the old events are 1, 2, 3');
+is($node->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM bunce.outbox"), '1,65,129',
+	'the old events are 1, 65, 129 (a block of ids per transaction)');
 ok(wait_for('3 requests in flight', sub { $bunce->stats->{received} >= 3 }), 'and in flight');
 $node->safe_psql('postgres', 'BEGIN; DROP EXTENSION bunce; CREATE EXTENSION bunce; COMMIT;');
 $node->safe_psql('postgres', enqueue_sql([ 31 .. 33 ], tag => 'new-extension'));
 ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0'), 'the new events leave the outbox')
   or show_state($node, $bunce);
-is($node->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM bunce.deliveries"), '1,2,3',
-	'the new events were 1, 2, 3 too');
+is($node->safe_psql('postgres', "SELECT string_agg(id::text, ',' ORDER BY id) FROM bunce.deliveries"), '1,65,129',
+	'the new events were 1, 65, 129 too');
 my @new = grep { ($_->{json}{payload}{tag} // '') eq 'new-extension' } @{ $bunce->requests };
 is_deeply(sorted_uniq(map { $_->{json}{payload}{n} } grep { ($_->{status} // 0) == 200 } @new), [ 31 .. 33 ],
 	'each new event reached the stand-in and was answered 200: late answers to the old requests removed none');
