@@ -43,21 +43,25 @@ DROP INDEX bunce.outbox_due_idx;
 CREATE INDEX outbox_due_idx ON bunce.outbox (next_attempt_at, id) WHERE scheduled;
 CREATE INDEX outbox_key_idx ON bunce.outbox (ordering_key, id) WHERE scheduled;
 
--- Claims up to max_events events for delivery; returns them, and the new rows it placed behind
--- an earlier event of their key (parked: no payload); for new rows, whether there may be more
--- (more; NULL for the others). Called by the worker only, in a
--- transaction that commits before any request is sent; after_id is where new rows may start
--- (every row up to it has been placed), claim_for how long a claim may last.
+-- Claims up to max_events events for delivery; returns them, the new rows it placed behind an
+-- earlier event of their key (parked: no payload), and last a row with only `covered`: every
+-- new row with an id up to it was placed (NULL: every one it saw). Called by the worker only,
+-- in a transaction that commits before any request is sent. New rows are looked for above
+-- after_id, and from the first id of each transaction in (open_xids, open_firsts) that has
+-- ended: those held ids that their commit may have placed below after_id. claim_for is how
+-- long a claim may last.
 DROP FUNCTION bunce.claim(integer);
 CREATE FUNCTION bunce.claim(max_events integer, after_id bigint DEFAULT 0, ordered boolean DEFAULT true,
-                            claim_for interval DEFAULT '5 minutes')
+                            claim_for interval DEFAULT '5 minutes', open_xids xid8[] DEFAULT '{}',
+                            open_firsts bigint[] DEFAULT '{}')
 RETURNS TABLE (id bigint, attempts integer, event_id uuid, payload jsonb, idempotency_key uuid, parked boolean,
-               more boolean)
+               covered bigint)
 LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     t timestamptz := statement_timestamp();
     taken integer;
+    scan integer := 4 * max_events + 64;
 BEGIN
     -- Scheduled rows that are due: retries, and events whose turn came. A claimed row is due
     -- again only when its claim has run out (next_attempt_at), so the scan never walks over
@@ -72,44 +76,59 @@ BEGIN
           LIMIT max_events
           FOR UPDATE SKIP LOCKED) due
     WHERE o.id = due.id
-    RETURNING o.id, o.attempts, o.event_id, o.payload, o.idempotency_key, false, NULL::boolean;
+    RETURNING o.id, o.attempts, o.event_id, o.payload, o.idempotency_key, false, NULL::bigint;
     GET DIAGNOSTICS taken = ROW_COUNT;
 
     -- New rows, in id order through the primary key. A row is sent now when it is the first
-    -- of its key here and its key has no scheduled row; else it is parked. Rows are placed up
-    -- to the head that would exceed max_events, so that a row is never placed before an
-    -- earlier row of its key.
+    -- of its key here and its key has no scheduled row; else it is parked. Heads are placed
+    -- while max_events allows, so that a row is never placed before an earlier row of its key.
+    -- A row locked by someone else is skipped, and so is the rest of its key; the rows of its
+    -- transaction that ended are seen in this statement's snapshot, as the rows they precede.
     RETURN QUERY
     WITH fresh AS (
         SELECT c.id, c.ordering_key AS k FROM bunce.outbox c
-        WHERE c.id > after_id AND NOT c.scheduled
+        WHERE c.id >= (SELECT least(after_id + 1, min(r.first))
+                       FROM unnest(open_xids, open_firsts) AS r(x, first)
+                       WHERE pg_visible_in_snapshot(r.x, pg_current_snapshot()))
+          AND NOT c.scheduled
           AND c.sending_since IS NULL  -- a claim restored or written by hand: see release_claims
         ORDER BY c.id
-        LIMIT 4 * max_events + 64
-        FOR UPDATE),
+        LIMIT scan),
+    free AS (
+        SELECT c.id FROM bunce.outbox c WHERE c.id IN (SELECT f.id FROM fresh f) FOR UPDATE SKIP LOCKED),
+    blocked AS (
+        SELECT f.id, f.k FROM fresh f WHERE f.id NOT IN (SELECT free.id FROM free)),
     placed AS (
         SELECT f.id,
                NOT ordered OR f.k IS NULL
                OR (row_number() OVER (PARTITION BY f.k ORDER BY f.id) = 1
                    AND NOT EXISTS (SELECT FROM bunce.outbox s WHERE s.scheduled AND s.ordering_key = f.k)) AS head
-        FROM fresh f),
+        FROM fresh f
+        WHERE f.id IN (SELECT free.id FROM free)
+          AND NOT (ordered AND EXISTS (SELECT FROM blocked b WHERE b.k = f.k))),
     counted AS (
-        SELECT p.id, p.head, count(*) FILTER (WHERE p.head) OVER (ORDER BY p.id) AS heads FROM placed p)
-    UPDATE bunce.outbox o
-    SET scheduled = true,
-        sending_since = CASE WHEN n.head THEN t END,
-        attempts = o.attempts + CASE WHEN n.head THEN 1 ELSE 0 END,
-        next_attempt_at = CASE WHEN n.head THEN t + claim_for ELSE 'infinity' END,
-        first_attempt_at = CASE WHEN n.head THEN coalesce(o.first_attempt_at, t) ELSE o.first_attempt_at END
-    FROM counted n
-    WHERE o.id = n.id AND n.heads <= max_events - taken
-    RETURNING o.id, o.attempts, o.event_id, CASE WHEN n.head THEN o.payload END, o.idempotency_key, NOT n.head,
-              -- more new rows than placed: the scan was full, or a head found no slot
-              (SELECT count(*) FROM fresh) = 4 * max_events + 64
-              OR (SELECT max(c.heads) FROM counted c) > max_events - taken;
+        SELECT p.id, p.head, count(*) FILTER (WHERE p.head) OVER (ORDER BY p.id) AS heads FROM placed p),
+    done AS (
+        UPDATE bunce.outbox o
+        SET scheduled = true,
+            sending_since = CASE WHEN n.head THEN t END,
+            attempts = o.attempts + CASE WHEN n.head THEN 1 ELSE 0 END,
+            next_attempt_at = CASE WHEN n.head THEN t + claim_for ELSE 'infinity' END,
+            first_attempt_at = CASE WHEN n.head THEN coalesce(o.first_attempt_at, t) ELSE o.first_attempt_at END
+        FROM counted n
+        WHERE o.id = n.id AND n.heads <= max_events - taken
+        RETURNING o.id, o.attempts, o.event_id, CASE WHEN n.head THEN o.payload END AS payload, o.idempotency_key,
+                  NOT n.head AS parked)
+    SELECT d.*, NULL::bigint FROM done d
+    UNION ALL
+    -- not placed: blocked rows, heads beyond max_events, and what a full scan left
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL,
+           least((SELECT min(b.id) - 1 FROM blocked b),
+                 (SELECT min(n.id) - 1 FROM counted n WHERE n.heads > max_events - taken),
+                 CASE WHEN (SELECT count(*) FROM fresh) = scan THEN (SELECT max(f.id) FROM fresh f) END);
 END
 $$;
-REVOKE ALL ON FUNCTION bunce.claim(integer, bigint, boolean, interval) FROM PUBLIC, bunce_admin;
+REVOKE ALL ON FUNCTION bunce.claim(integer, bigint, boolean, interval, xid8[], bigint[]) FROM PUBLIC, bunce_admin;
 
 -- A redriven dead letter is a replay: a new id, so that it is sent after whatever is pending
 -- for its key; the same idempotency key.

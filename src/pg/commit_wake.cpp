@@ -29,7 +29,9 @@ int sub_capacity = 0;
 
 void xact_callback(XactEvent event, void *) {
     if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) close_row_writer();
+    if (event == XACT_EVENT_PRE_PREPARE) release_ids(true);
     if (event == XACT_EVENT_ABORT) forget_row_writer();
+    if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT) release_ids(false);
     if (event == XACT_EVENT_COMMIT && xact_enqueued > 0 && shared && MyDatabaseId == shared->database_id) {
         pg_atomic_fetch_add_u64(&shared->committed, static_cast<uint64>(xact_enqueued));
         wake_worker();

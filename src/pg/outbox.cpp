@@ -11,6 +11,7 @@ extern "C" {
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "storage/backendid.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
@@ -244,8 +245,9 @@ bool ordering_key(Datum payload, int64 *key) {
     return true;
 }
 
-// The block of ids this transaction takes from: [next, end).
-LocalTransactionId block_lxid = InvalidLocalTransactionId;
+// The block of ids this transaction takes from: [next, end), of transaction block_xid.
+constexpr int kIdBlock = 64;  // bunce.event_id_seq's increment
+FullTransactionId block_xid = InvalidFullTransactionId;
 int64 block_next = 0, block_end = 0;
 
 // The writer for single rows, kept open for the rest of the command: a COPY or a multi-row
@@ -261,24 +263,65 @@ CommandId row_writer_cid = InvalidCommandId;
 }  // namespace
 
 int64 next_event_id(Oid seq) {
-    if (block_lxid != MyProc->lxid || block_next >= block_end) {
+    // The transaction id first: a transaction that holds ids is known by it (see below).
+    const FullTransactionId xid = GetTopFullTransactionId();
+    const bool first_block = !FullTransactionIdEquals(block_xid, xid);
+    if (first_block || block_next >= block_end) {
         HeapTuple t = SearchSysCache1(SEQRELID, ObjectIdGetDatum(seq));
         if (!HeapTupleIsValid(t)) elog(ERROR, "cache lookup failed for sequence %u", seq);
         const auto *form = reinterpret_cast<Form_pg_sequence>(GETSTRUCT(t));
-        const int64 increment = form->seqincrement, cache = form->seqcache;
+        const bool as_made = form->seqincrement == kIdBlock && form->seqcache == 1;
         ReleaseSysCache(t);
-        // A cache would hand a session ids taken before other transactions committed.
-        if (increment <= 0 || cache != 1)
+        // A cache would hand a session ids taken before other transactions committed; another
+        // increment would hand out ids of blocks other transactions hold.
+        if (!as_made)
             ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                            errmsg("bunce.event_id_seq must count upwards with CACHE 1"),
-                            errdetail("Event ids keep the order of events only so."),
-                            errhint("Run ALTER SEQUENCE bunce.event_id_seq INCREMENT BY 64 CACHE 1.")));
-        (void)GetTopTransactionId();
+                            errmsg("bunce.event_id_seq must have INCREMENT BY %d and CACHE 1", kIdBlock),
+                            errdetail("Event ids keep the order of events and stay unique only so."),
+                            errhint("Run ALTER SEQUENCE bunce.event_id_seq INCREMENT BY %d CACHE 1.", kIdBlock)));
+        // The worker learns that this transaction holds ids from its first block on, and
+        // before the block is taken (it reads the sequence, then the holders).
+        IdHolder *h = first_block && id_holders ? &id_holders[MyBackendId - 1] : nullptr;
+        if (h) {
+            h->xid = xid;
+            h->database = MyDatabaseId;
+            pg_write_barrier();
+            pg_atomic_write_u64(&h->first, kTakingIds);
+            pg_memory_barrier();
+        }
         block_next = nextval_internal(seq, false);
-        block_end = block_next + increment;
-        block_lxid = MyProc->lxid;
+        block_end = block_next + kIdBlock;
+        block_xid = xid;
+        if (h) pg_atomic_write_u64(&h->first, static_cast<uint64>(block_next));
     }
     return block_next++;
+}
+
+void release_ids(bool prepared) {
+    if (!id_holders || MyBackendId == InvalidBackendId) return;
+    IdHolder *h = &id_holders[MyBackendId - 1];
+    const uint64 first = pg_atomic_read_u64(&h->first);
+    if (first == 0) return;
+    if (prepared) {
+        // The prepared transaction still holds its ids, in a slot of its own until it ends
+        // (before this backend's slot is cleared, so that the worker always sees one).
+        IdHolder *free_slot = nullptr;
+        SpinLockAcquire(&shared->mutex);
+        for (int i = n_backend_holders; i < n_backend_holders + n_prepared_holders && !free_slot; i++)
+            if (pg_atomic_read_u64(&id_holders[i].first) == 0) free_slot = &id_holders[i];
+        if (free_slot) {
+            free_slot->xid = h->xid;
+            free_slot->database = h->database;
+            pg_write_barrier();
+            pg_atomic_write_u64(&free_slot->first, first);
+        }
+        SpinLockRelease(&shared->mutex);
+        if (!free_slot)  // slots of prepared transactions that ended are freed by the worker
+            ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                            errmsg("too many prepared transactions hold bunce events"),
+                            errhint("Commit or roll back prepared transactions (pg_prepared_xacts), then retry.")));
+    }
+    pg_atomic_write_u64(&h->first, 0);
 }
 
 int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {

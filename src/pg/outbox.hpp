@@ -54,11 +54,14 @@ void check_served_database();
 // ERRORs in a read-only transaction or on a standby; `what` names the caller in the hint.
 void check_writable(const char *what);
 
-// The next event id of this transaction: ids come from bunce.event_id_seq in blocks of its
-// increment, each used within one transaction, so that an event enqueued by a transaction that
-// began after another committed has the larger id. The transaction has an id before it takes a
-// block (the worker's frontier relies on it, see worker_sql.cpp).
+// The next event id of this transaction: ids come from bunce.event_id_seq in blocks of 64
+// (its increment), each used within one transaction, so that an event enqueued by a transaction that
+// began after another committed has the larger id. The transaction is published as holding ids
+// (shmem.hpp, IdHolder) before it takes its first block.
 int64 next_event_id(Oid seq);
+// At the end of the transaction (prepared: at PREPARE TRANSACTION, whose transaction goes on
+// holding its ids): this backend holds none any more.
+void release_ids(bool prepared);
 
 // A writer of its own, for one statement's rows (bulk: batched as COPY does).
 void outbox_open(OutboxWriter *w, bool bulk);

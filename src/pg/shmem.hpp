@@ -5,6 +5,7 @@
 extern "C" {
 #include "postgres.h"
 #include "datatype/timestamp.h"
+#include "access/transam.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
@@ -52,6 +53,18 @@ struct Shared {
     TimestampTz last_error_at;
 };
 extern Shared *shared;
+
+// Which transactions hold event ids they may still commit (see worker_sql.cpp, "new rows"):
+// one slot per backend, and one per prepared transaction. first is the first id of the
+// transaction's first block, 0 when it holds none, kTakingIds while it takes that block.
+struct IdHolder {
+    pg_atomic_uint64 first;
+    FullTransactionId xid;
+    Oid database;
+};
+constexpr uint64 kTakingIds = PG_UINT64_MAX;
+extern IdHolder *id_holders;  // MaxBackends of backends (by MyBackendId - 1), then prepared ones
+extern int n_backend_holders, n_prepared_holders;
 
 // Called from _PG_init while shared_preload_libraries is processed.
 void install_shmem_hooks();

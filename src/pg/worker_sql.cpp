@@ -10,6 +10,8 @@ extern "C" {
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/transam.h"
+#include "storage/procarray.h"
+#include "utils/xid8.h"
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
@@ -53,12 +55,12 @@ void prepare(Statement &s, const char *sql, int nargs, Oid *types) {
 
 void prepare_statements() {
     if (claim_stmt.plan) return;
-    Oid claim_types[] = {INT4OID, INT8OID, BOOLOID, INT4OID};
+    Oid claim_types[] = {INT4OID, INT8OID, BOOLOID, INT4OID, XID8ARRAYOID, INT8ARRAYOID};
     // The claim is bunce.claim(), which the isolation specs test as it is.
     prepare(claim_stmt,
-            "SELECT id, attempts, event_id, payload, idempotency_key, parked, more "
-            "FROM bunce.claim($1, $2, $3, $4 * interval '1 millisecond')",
-            4, claim_types);
+            "SELECT id, attempts, event_id, payload, idempotency_key, parked, covered "
+            "FROM bunce.claim($1, $2, $3, $4 * interval '1 millisecond', $5, $6)",
+            6, claim_types);
     // An answer is recorded on the row as it was claimed: same id, same idempotency key, same
     // attempt. (An answer to a claim released since, or to an event of an extension dropped and
     // created again, whose ids start over, changes nothing.) $1-$3 name the claims answered.
@@ -353,52 +355,89 @@ namespace {
 // A claim lasts at most a request's time limit; one this much older is held by no request.
 constexpr int kClaimMarginMs = 30000;
 
-/* The frontier: every row with an id up to it has been placed (scheduled) by the worker, or
- * will never be seen, so new rows are looked for above it only, through the primary key.
- *
- * A claim places the new rows its snapshot sees, in id order. A row it cannot see yet has an
- * id that was handed out already, to a transaction that was running at the claim and that took
- * its transaction id before its ids (next_event_id). So after a claim, the ids handed out so
- * far (up to `upto`) are all placed or belong to transactions with an id below `xid`, the next
- * transaction id then: once a later snapshot's xmin has passed `xid`, those have ended, and
- * the claim in that snapshot, which starts from the old frontier, sees and places their rows;
- * after it, the frontier may move to `upto`. Rows written with ids of their own (a restore, by
- * hand) below the frontier are found by a scan from the start once a minute.
+/* New rows. The claim looks for them above `scanned_to` (every row visible with an id up to
+ * it has been placed), through the primary key, so the scan costs what is new. A row that is
+ * not visible yet belongs to a transaction still running; if it holds ids up to scanned_to,
+ * its rows can appear below it when it commits. Transactions publish that they hold ids
+ * (IdHolder, from their first id on, before taking it): the worker keeps those it has seen as
+ * `open`, and once one has ended, the claim also looks from its first id, in the same snapshot
+ * in which it finds the rows that may follow them. So a long transaction costs nothing until
+ * it ends, and then one scan from its first id. Ids handed out after the holders were read
+ * are above the sequence's end read just before: scanned_to never passes that. Rows written
+ * with ids of their own (a restore, by hand) below scanned_to are found by a scan from the
+ * start every 10 minutes, and when the worker starts.
  */
-struct Check {
-    int64 upto;
-    TransactionId xid;
+struct OpenHolder {
+    FullTransactionId xid;
+    int64 first;
 };
-constexpr int kChecks = 16;
-Check checks[kChecks];
-int nchecks = 0;
-int64 frontier = 0;
+OpenHolder *open_holders = nullptr;  // n_backend_holders + n_prepared_holders of them
+int n_open = 0;
+int64 scanned_to = 0;
 TimestampTz last_full_scan = 0;
-constexpr int64 kFullScanUs = 60 * USECS_PER_SEC;
+constexpr int64 kFullScanUs = 600 * USECS_PER_SEC;
 
 void reset_frontier() {
-    frontier = 0;
-    nchecks = 0;
+    scanned_to = 0;
+    n_open = 0;
     last_full_scan = GetCurrentTimestamp();
 }
 
-// After a claim that started from `from` and placed every new row it saw up to `covered`.
-void advance_frontier(TransactionId xmin, int64 from, int64 covered) {
-    int done = 0;
-    while (done < nchecks && TransactionIdPrecedesOrEquals(checks[done].xid, xmin)) {
-        if (from <= frontier) frontier = Max(frontier, Min(checks[done].upto, covered));
-        if (checks[done].upto > covered) break;  // the claim did not get that far: again next time
-        done++;
+int open_capacity() { return 2 * (n_backend_holders + n_prepared_holders); }
+
+// False when there is no room (ended ones are kept until a claim looked through them).
+bool note_open(FullTransactionId xid, int64 first) {
+    for (int i = 0; i < n_open; i++)
+        if (FullTransactionIdEquals(open_holders[i].xid, xid)) {
+            open_holders[i].first = Min(open_holders[i].first, first);
+            return true;
+        }
+    if (n_open == open_capacity()) return false;
+    open_holders[n_open++] = {xid, first};
+    return true;
+}
+
+// Adds the transactions that hold ids here to `open`, and frees the slots of prepared ones
+// that ended (seen now). False while one takes its first block (its ids are not known yet),
+// or when `open` has no room: then the next claim looks from the start.
+bool read_holders() {
+    if (!open_holders)
+        open_holders =
+            static_cast<OpenHolder *>(MemoryContextAlloc(TopMemoryContext, sizeof(OpenHolder) * open_capacity()));
+    bool known = true;
+    for (int i = 0; i < n_backend_holders + n_prepared_holders; i++) {
+        IdHolder *h = &id_holders[i];
+        const uint64 first = pg_atomic_read_u64(&h->first);
+        if (first == 0) continue;
+        pg_read_barrier();
+        const FullTransactionId xid = h->xid;
+        if (h->database != MyDatabaseId) continue;
+        if (first == kTakingIds) {
+            known = false;
+            continue;
+        }
+        if (!note_open(xid, static_cast<int64>(first))) {
+            known = false;
+            last_full_scan = 0;
+            continue;
+        }
+        if (i >= n_backend_holders && !TransactionIdIsInProgress(XidFromFullTransactionId(xid)))
+            pg_atomic_write_u64(&h->first, 0);
     }
-    memmove(checks, checks + done, sizeof(Check) * (nchecks - done));
-    nchecks -= done;
-    run(sequence_stmt, nullptr, SPI_OK_SELECT);
-    bool isnull;
-    const int64 upto = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-    const Check next{isnull ? 0 : upto, XidFromFullTransactionId(ReadNextFullTransactionId())};
-    // A later check covers an earlier one, only later: when full, the newest replaces the last.
-    if (nchecks == kChecks) nchecks--;
-    checks[nchecks++] = next;
+    return known;
+}
+
+// After a claim that placed every new row it saw up to `covered`: the open transactions that
+// had ended in `snap` were looked through, unless the claim stopped short.
+void advance_frontier(Snapshot snap, int64 covered, int64 sequence_end, bool known) {
+    if (covered >= scanned_to) {
+        int kept = 0;
+        for (int i = 0; i < n_open; i++)
+            if (XidInMVCCSnapshot(XidFromFullTransactionId(open_holders[i].xid), snap))
+                open_holders[kept++] = open_holders[i];
+        n_open = kept;
+    }
+    if (known) scanned_to = Max(scanned_to, Min(covered, sequence_end));
 }
 
 }  // namespace
@@ -407,39 +446,52 @@ void advance_frontier(TransactionId xmin, int64 from, int64 covered) {
 // into the outbox by hand) is not sent: it becomes a dead letter at once, so the worker never
 // holds more than bunce.max_in_flight payloads of that size.
 Claimed claim_events(int limit) {
-    const TransactionId xmin = GetActiveSnapshot()->xmin;  // the transaction's, taken before the claim
-    int64 from = frontier;
+    Snapshot snap = GetActiveSnapshot();  // the transaction's, taken before the claim
+    int64 from = scanned_to;
     const TimestampTz now = GetCurrentTimestamp();
     if (now - last_full_scan >= kFullScanUs) {
         from = 0;
         last_full_scan = now;
     }
-    Datum args[] = {Int32GetDatum(limit), Int64GetDatum(from), BoolGetDatum(ordering == ORDERING_CUSTOMER),
-                    Int32GetDatum(request_timeout_ms + kClaimMarginMs)};
+    // The sequence's end before the holders: ids handed out later are above it.
+    run(sequence_stmt, nullptr, SPI_OK_SELECT);
+    bool isnull;
+    const Datum end_d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    const int64 sequence_end = isnull ? 0 : DatumGetInt64(end_d);
+    const bool known = read_holders();
+    Datum *xids = static_cast<Datum *>(palloc(sizeof(Datum) * (n_open + 1)));
+    Datum *firsts = static_cast<Datum *>(palloc(sizeof(Datum) * (n_open + 1)));
+    for (int i = 0; i < n_open; i++) {
+        xids[i] = FullTransactionIdGetDatum(open_holders[i].xid);
+        firsts[i] = Int64GetDatum(open_holders[i].first);
+    }
+    Datum args[] = {Int32GetDatum(limit),
+                    Int64GetDatum(from),
+                    BoolGetDatum(ordering == ORDERING_CUSTOMER),
+                    Int32GetDatum(request_timeout_ms + kClaimMarginMs),
+                    PointerGetDatum(construct_array(xids, n_open, XID8OID, 8, true, TYPALIGN_DOUBLE)),
+                    int8s(firsts, n_open)};
     run(claim_stmt, args, SPI_OK_SELECT);
     const int n = static_cast<int>(SPI_processed);
     SPITupleTable *claimed = SPI_tuptable;
     Batch big;
     batch_init(&big, n);
-    int due = 0, placed = 0, parked = 0;
-    bool more = false;
-    int64 last_placed = from;
+    int parked = 0, rows = 0;
+    int64 covered = PG_INT64_MAX;
     // The payload arrives as jsonb, still compressed or in TOAST, and becomes text one row at
     // a time: the claim never holds more than one payload besides those staged.
     MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "bunce claim row", ALLOCSET_DEFAULT_SIZES);
     for (int i = 0; i < n; i++) {
         HeapTuple t = claimed->vals[i];
         TupleDesc d = claimed->tupdesc;
-        bool isnull;
-        const int64 id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-        const Datum more_d = SPI_getbinval(t, d, 7, &isnull);
-        if (isnull) {
-            due++;  // scheduled before
-        } else {
-            placed++;  // new
-            more = DatumGetBool(more_d);
-            last_placed = Max(last_placed, id);
+        const Datum id_d = SPI_getbinval(t, d, 1, &isnull);
+        if (isnull) {  // the last row: how far new rows were placed
+            const Datum c = SPI_getbinval(t, d, 7, &isnull);
+            if (!isnull) covered = DatumGetInt64(c);
+            continue;
         }
+        rows++;
+        const int64 id = DatumGetInt64(id_d);
         if (DatumGetBool(SPI_getbinval(t, d, 6, &isnull))) {
             parked++;
             continue;
@@ -468,11 +520,8 @@ Claimed claim_events(int limit) {
         MemoryContextReset(row_cxt);
     }
     MemoryContextDelete(row_cxt);
-    // How far every new row seen was placed: all of them, unless the claim stopped short (its
-    // scan was full, or a head had no slot left); nothing known when no slot was left at all.
-    const int64 covered = placed > 0 ? (more ? last_placed : PG_INT64_MAX) : (due < limit ? PG_INT64_MAX : from);
-    advance_frontier(xmin, from, covered);
-    Claimed out{n - parked - big.n, big.n, more || due == limit};
+    advance_frontier(snap, covered, sequence_end, known);
+    Claimed out{rows - parked - big.n, big.n, covered != PG_INT64_MAX};
     if (big.n) out.promoted = write_dead(&big);
     return out;
 }
@@ -492,9 +541,9 @@ int64 count_waiting_retry() {
 }
 
 // Parked events are due once their key has no other scheduled event before them; answers do
-// that as they come (promote). This catches the rest: an event deleted by hand, a change of
-// bunce.ordering to none (then every parked event goes). Visits each key once, through the
-// key index.
+// that as they come (promote). This catches the rest: an event deleted by hand, a key set to
+// NULL by hand, a change of bunce.ordering to none (then every parked event goes). Visits
+// each key once, through the key index.
 void release_turns() {
     const char *sql =
         ordering == ORDERING_NONE
@@ -509,7 +558,9 @@ void release_turns() {
               "          ORDER BY o.ordering_key LIMIT 1) FROM k WHERE k.k IS NOT NULL), "
               "first AS (SELECT (SELECT p.id FROM bunce.outbox p WHERE p.scheduled AND p.ordering_key = k.k "
               "                  ORDER BY p.id LIMIT 1) AS id FROM k WHERE k.k IS NOT NULL), "
-              "r AS (UPDATE bunce.outbox o SET next_attempt_at = pg_catalog.statement_timestamp() FROM first f "
+              "keyless AS (SELECT id FROM bunce.outbox WHERE scheduled AND ordering_key IS NULL), "
+              "r AS (UPDATE bunce.outbox o SET next_attempt_at = pg_catalog.statement_timestamp() "
+              "      FROM (SELECT id FROM first UNION ALL SELECT id FROM keyless) f "
               "      WHERE o.id = f.id AND o.next_attempt_at = 'infinity' AND o.sending_since IS NULL RETURNING 1) "
               "SELECT pg_catalog.count(*) FROM r";
     query_int("releasing parked events", sql);

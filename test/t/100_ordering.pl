@@ -19,6 +19,7 @@ my $KEYS = 12;
 my $bunce = BunceTest::Standin->start(rate_limit => 0);
 my $node  = bunce_node('ordering', $bunce, conf => <<"EOC");
 restart_after_crash = on
+max_prepared_transactions = 5
 bunce.rate_limit = 0
 bunce.max_in_flight = 32
 bunce.request_timeout = '5s'
@@ -141,6 +142,30 @@ is($dead_n, $c3->[0]{json}{payload}{n}, 'it is the dead letter');
 $node->safe_psql('postgres', 'SELECT bunce.retry_dead_letters()');
 ok(wait_for('the replay', sub { @{ $bunce->requests_of('c3') } == 4 }), 'the redriven dead letter is sent again');
 is($bunce->requests_of('c3')->[-1]{json}{payload}{n}, $dead_n, 'after the events that were pending');
+
+# ---- a transaction that holds ids for long: the others flow, and its events keep their place --
+
+# A prepared transaction enqueues c4's event 1 (its ids are below everything enqueued after),
+# and an idle transaction holds a transaction id. Meanwhile 300 other events are delivered;
+# then "1" commits, "2" follows it: c4 gets 1, then 2.
+$bunce->reset;
+$node->safe_psql('postgres', 'UPDATE lived SET n = 0');
+$node->safe_psql('postgres',
+	"BEGIN; SELECT bunce_trigger('$EVENT_ID', jsonb_build_object('customer', jsonb_build_object('customer_id', 'c4'), 'n', next_n(4), 'k', 4)); "
+	  . "PREPARE TRANSACTION 'held';");
+$node->safe_psql('postgres', "BEGIN; CREATE TABLE idle_xid (x int); PREPARE TRANSACTION 'idle';");
+$node->safe_psql('postgres',
+	"SELECT count(bunce_trigger('$EVENT_ID', jsonb_build_object('email', 'other' || g || '\@example.com', 'n', g))) "
+	  . "FROM generate_series(1, 300) g");
+ok(wait_for('300 delivered', sub { $bunce->stats->{delivered} >= 300 }),
+	'held ids: the other events are delivered while a prepared transaction holds ids');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM bunce.outbox'), '0', 'held ids: nothing else waits');
+$node->safe_psql('postgres', "COMMIT PREPARED 'held'");
+$node->safe_psql('postgres',
+	"SELECT bunce_trigger('$EVENT_ID', jsonb_build_object('customer', jsonb_build_object('customer_id', 'c4'), 'n', 2, 'k', 4))");
+ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0'), 'held ids: both c4 events delivered');
+check_order('held ids', { 4 => 2 });
+$node->safe_psql('postgres', "ROLLBACK PREPARED 'idle'");
 
 # ---- kill -9 of the worker mid-drain ---------------------------------------------------------
 
