@@ -56,12 +56,14 @@ CREATE FUNCTION bunce.claim(max_events integer, after_id bigint DEFAULT 0, order
                             open_firsts bigint[] DEFAULT '{}')
 RETURNS TABLE (id bigint, attempts integer, event_id uuid, payload jsonb, idempotency_key uuid, parked boolean,
                covered bigint)
-LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE STRICT
+-- one plan for all calls: replanning each claim would cost more than running it
+SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     t timestamptz := statement_timestamp();
     taken integer;
-    scan integer := 4 * max_events + 64;
+    scan integer := 2 * max_events + 32;
 BEGIN
     -- Scheduled rows that are due: retries, and events whose turn came. A claimed row is due
     -- again only when its claim has run out (next_attempt_at), so the scan never walks over
@@ -94,31 +96,34 @@ BEGIN
           AND c.sending_since IS NULL  -- a claim restored or written by hand: see release_claims
         ORDER BY c.id
         LIMIT scan),
-    free AS (
-        SELECT c.id FROM bunce.outbox c WHERE c.id IN (SELECT f.id FROM fresh f) FOR UPDATE SKIP LOCKED),
-    blocked AS (
-        SELECT f.id, f.k FROM fresh f WHERE f.id NOT IN (SELECT free.id FROM free)),
     placed AS (
-        SELECT f.id,
+        SELECT f.id, f.k,
                NOT ordered OR f.k IS NULL
                OR (row_number() OVER (PARTITION BY f.k ORDER BY f.id) = 1
-                   AND NOT EXISTS (SELECT FROM bunce.outbox s WHERE s.scheduled AND s.ordering_key = f.k)) AS head
-        FROM fresh f
-        WHERE f.id IN (SELECT free.id FROM free)
-          AND NOT (ordered AND EXISTS (SELECT FROM blocked b WHERE b.k = f.k))),
+                   AND NOT EXISTS (SELECT FROM bunce.outbox s
+                                   WHERE s.ordering_key = f.k AND s.scheduled
+                                   ORDER BY s.ordering_key, s.id LIMIT 1)) AS head
+        FROM fresh f),
     counted AS (
-        SELECT p.id, p.head, count(*) FILTER (WHERE p.head) OVER (ORDER BY p.id) AS heads FROM placed p),
+        SELECT p.id, p.k, p.head, count(*) FILTER (WHERE p.head) OVER (ORDER BY p.id) AS heads FROM placed p),
+    chosen AS (
+        SELECT n.* FROM counted n WHERE n.heads <= max_events - taken),
+    free AS (
+        SELECT c.id FROM bunce.outbox c WHERE c.id IN (SELECT ch.id FROM chosen ch) FOR UPDATE SKIP LOCKED),
+    blocked AS (
+        SELECT ch.id, ch.k FROM chosen ch WHERE ch.id NOT IN (SELECT free.id FROM free)),
     done AS (
         UPDATE bunce.outbox o
         SET scheduled = true,
-            sending_since = CASE WHEN n.head THEN t END,
-            attempts = o.attempts + CASE WHEN n.head THEN 1 ELSE 0 END,
-            next_attempt_at = CASE WHEN n.head THEN t + claim_for ELSE 'infinity' END,
-            first_attempt_at = CASE WHEN n.head THEN coalesce(o.first_attempt_at, t) ELSE o.first_attempt_at END
-        FROM counted n
-        WHERE o.id = n.id AND n.heads <= max_events - taken
-        RETURNING o.id, o.attempts, o.event_id, CASE WHEN n.head THEN o.payload END AS payload, o.idempotency_key,
-                  NOT n.head AS parked)
+            sending_since = CASE WHEN ch.head THEN t END,
+            attempts = o.attempts + CASE WHEN ch.head THEN 1 ELSE 0 END,
+            next_attempt_at = CASE WHEN ch.head THEN t + claim_for ELSE 'infinity' END,
+            first_attempt_at = CASE WHEN ch.head THEN coalesce(o.first_attempt_at, t) ELSE o.first_attempt_at END
+        FROM chosen ch
+        WHERE o.id = ch.id AND ch.id IN (SELECT free.id FROM free)
+          AND NOT (ordered AND EXISTS (SELECT FROM blocked b WHERE b.k = ch.k))
+        RETURNING o.id, o.attempts, o.event_id, CASE WHEN ch.head THEN o.payload END AS payload, o.idempotency_key,
+                  NOT ch.head AS parked)
     SELECT d.*, NULL::bigint FROM done d
     UNION ALL
     -- not placed: blocked rows, heads beyond max_events, and what a full scan left
