@@ -19,7 +19,9 @@ extern "C" {
 #include "mb/pg_wchar.h"
 #include "pgstat.h"
 #include "utils/array.h"
+#include "catalog/namespace.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -42,8 +44,7 @@ struct Statement {
 Statement claim_stmt{"claiming events"}, delivered_stmt{"removing delivered events"},
     delivered_logged_stmt{"moving delivered events to bunce.deliveries"},
     dead_stmt{"moving events to bunce.dead_letters"}, retry_stmt{"scheduling retries"},
-    next_due_stmt{"finding the next retry"}, promote_stmt{"giving customers their next event"},
-    sequence_stmt{"reading bunce.event_id_seq"};
+    next_due_stmt{"finding the next retry"}, promote_stmt{"giving customers their next event"};
 
 void prepare(Statement &s, const char *sql, int nargs, Oid *types) {
     s.plan = SPI_prepare(sql, nargs, types);
@@ -134,13 +135,6 @@ void prepare_statements() {
             "      FROM (SELECT DISTINCT k FROM pg_catalog.unnest($1::bigint[]) AS u(k)) k) n "
             "WHERE o.id = n.id AND o.next_attempt_at = 'infinity' AND o.sending_since IS NULL",
             1, promote_types);
-    // Where the ids handed out so far end: the last block's start plus its length (before
-    // the first nextval, last_value is the first id to come).
-    prepare(sequence_stmt,
-            "SELECT CASE WHEN s.is_called THEN s.last_value + q.seqincrement - 1 ELSE s.last_value - 1 END "
-            "FROM bunce.event_id_seq s, pg_catalog.pg_sequence q "
-            "WHERE q.seqrelid = 'bunce.event_id_seq'::pg_catalog.regclass",
-            0, nullptr);
 }
 
 void run(const Statement &s, Datum *args, int expected) {
@@ -192,7 +186,10 @@ void add_dead(Batch *b, int64 id, int attempts, const char *key, int status, con
 
 // After events were removed (their keys in SPI_tuptable): the next event of each key may go.
 // Returns how many became due.
+int parked_here = 0;  // events parked, as far as the worker knows (recounted every 5 s)
+
 int promote() {
+    if (parked_here <= 0) return 0;  // (release_turns catches what a wrong count would miss)
     const int n = static_cast<int>(SPI_processed);
     Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * Max(n, 1)));
     int nkeys = 0;
@@ -204,6 +201,7 @@ int promote() {
     if (nkeys == 0) return 0;
     Datum args[] = {int8s(keys, nkeys)};
     run(promote_stmt, args, SPI_OK_UPDATE);
+    parked_here -= static_cast<int>(SPI_processed);
     return static_cast<int>(SPI_processed);
 }
 
@@ -377,7 +375,22 @@ int64 scanned_to = 0;
 TimestampTz last_full_scan = 0;
 constexpr int64 kFullScanUs = 600 * USECS_PER_SEC;
 
+Oid sequence = InvalidOid;  // bunce.event_id_seq of the extension delivered for
+
+// Where the ids handed out so far end: the last block's start plus its length (blocks are
+// 64 ids, see next_event_id); 0 before the first.
+int64 ids_handed_out() {
+    LOCAL_FCINFO(fcinfo, 1);
+    InitFunctionCallInfoData(*fcinfo, nullptr, 1, InvalidOid, nullptr, nullptr);
+    fcinfo->args[0].value = ObjectIdGetDatum(sequence);
+    fcinfo->args[0].isnull = false;
+    const Datum last = pg_sequence_last_value(fcinfo);
+    return fcinfo->isnull ? 0 : DatumGetInt64(last) + 64 - 1;
+}
+
 void reset_frontier() {
+    sequence = get_relname_relid("event_id_seq", get_namespace_oid("bunce", false));
+    parked_here = 1;  // not known yet: promote until the first count
     scanned_to = 0;
     n_open = 0;
     last_full_scan = GetCurrentTimestamp();
@@ -454,10 +467,8 @@ Claimed claim_events(int limit) {
         last_full_scan = now;
     }
     // The sequence's end before the holders: ids handed out later are above it.
-    run(sequence_stmt, nullptr, SPI_OK_SELECT);
+    const int64 sequence_end = ids_handed_out();
     bool isnull;
-    const Datum end_d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-    const int64 sequence_end = isnull ? 0 : DatumGetInt64(end_d);
     const bool known = read_holders();
     Datum *xids = static_cast<Datum *>(palloc(sizeof(Datum) * (n_open + 1)));
     Datum *firsts = static_cast<Datum *>(palloc(sizeof(Datum) * (n_open + 1)));
@@ -521,6 +532,7 @@ Claimed claim_events(int limit) {
     }
     MemoryContextDelete(row_cxt);
     advance_frontier(snap, covered, sequence_end, known);
+    parked_here += parked;
     Claimed out{rows - parked - big.n, big.n, covered != PG_INT64_MAX};
     if (big.n) out.promoted = write_dead(&big);
     return out;
@@ -614,6 +626,7 @@ void recount_queue() {
     SpinLockAcquire(&shared->mutex);
     shared->queued_base = queued;
     shared->waiting_turn = turn;
+    parked_here = static_cast<int>(Min(turn, PG_INT32_MAX));
     shared->committed_at_base = committed;
     SpinLockRelease(&shared->mutex);
 }
