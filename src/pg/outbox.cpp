@@ -246,7 +246,6 @@ bool ordering_key(Datum payload, int64 *key) {
 }
 
 // The block of ids this transaction takes from: [next, end), of transaction block_xid.
-constexpr int kIdBlock = 64;  // bunce.event_id_seq's increment
 FullTransactionId block_xid = InvalidFullTransactionId;
 int64 block_next = 0, block_end = 0;
 

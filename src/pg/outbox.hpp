@@ -54,8 +54,11 @@ void check_served_database();
 // ERRORs in a read-only transaction or on a standby; `what` names the caller in the hint.
 void check_writable(const char *what);
 
-// The next event id of this transaction: ids come from bunce.event_id_seq in blocks of 64
-// (its increment), each used within one transaction, so that an event enqueued by a transaction that
+// Ids per block: bunce.event_id_seq's increment (refused otherwise, see next_event_id).
+constexpr int kIdBlock = 64;
+
+// The next event id of this transaction: ids come from bunce.event_id_seq in blocks of
+// kIdBlock (its increment), each used within one transaction, so that an event enqueued by a transaction that
 // began after another committed has the larger id. The transaction is published as holding ids
 // (shmem.hpp, IdHolder) before it takes its first block.
 int64 next_event_id(Oid seq);

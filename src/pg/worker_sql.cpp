@@ -1,6 +1,7 @@
 // The worker's SQL. Each statement is prepared once and kept; an error names the statement.
 #include <cstring>
 
+#include "outbox.hpp"
 #include "settings.hpp"
 #include "shmem.hpp"
 #include "worker_sql.hpp"
@@ -369,7 +370,7 @@ struct OpenHolder {
     FullTransactionId xid;
     int64 first;
 };
-OpenHolder *open_holders = nullptr;  // n_backend_holders + n_prepared_holders of them
+OpenHolder *open_holders = nullptr;  // open_capacity() of them
 int n_open = 0;
 int64 scanned_to = 0;
 TimestampTz last_full_scan = 0;
@@ -377,15 +378,15 @@ constexpr int64 kFullScanUs = 600 * USECS_PER_SEC;
 
 Oid sequence = InvalidOid;  // bunce.event_id_seq of the extension delivered for
 
-// Where the ids handed out so far end: the last block's start plus its length (blocks are
-// 64 ids, see next_event_id); 0 before the first.
+// Where the ids handed out so far end: the last block's start plus its length; 0 before the
+// first.
 int64 ids_handed_out() {
     LOCAL_FCINFO(fcinfo, 1);
     InitFunctionCallInfoData(*fcinfo, nullptr, 1, InvalidOid, nullptr, nullptr);
     fcinfo->args[0].value = ObjectIdGetDatum(sequence);
     fcinfo->args[0].isnull = false;
     const Datum last = pg_sequence_last_value(fcinfo);
-    return fcinfo->isnull ? 0 : DatumGetInt64(last) + 64 - 1;
+    return fcinfo->isnull ? 0 : DatumGetInt64(last) + kIdBlock - 1;
 }
 
 void reset_frontier() {
