@@ -40,100 +40,24 @@ COMMENT ON FUNCTION bunce.ordering_key(jsonb) IS
 -- The worker places every row again, in id order (their retry times are not kept).
 UPDATE bunce.outbox SET ordering_key = bunce.ordering_key(payload);
 DROP INDEX bunce.outbox_due_idx;
-CREATE INDEX outbox_due_idx ON bunce.outbox (next_attempt_at, id) WHERE scheduled;
+-- The due index holds the rows that wait (for a retry or for their turn), not those in flight.
+CREATE INDEX outbox_due_idx ON bunce.outbox (next_attempt_at, id) WHERE scheduled AND sending_since IS NULL;
 CREATE INDEX outbox_key_idx ON bunce.outbox (ordering_key, id) WHERE scheduled;
 
--- Claims up to max_events events for delivery; returns them, the new rows it placed behind an
--- earlier event of their key (parked: no payload), and last a row with only `covered`: every
--- new row with an id up to it was placed (NULL: every one it saw). Called by the worker only,
--- in a transaction that commits before any request is sent. New rows are looked for above
--- after_id, and from the first id of each transaction in (open_xids, open_firsts) that has
--- ended: those held ids that their commit may have placed below after_id. claim_for is how
--- long a claim may last.
+-- Claims up to max_events events for delivery: due scheduled rows, then new rows in id order
+-- (above after_id, and from the first id of each transaction in (open_xids, open_firsts)
+-- that has ended: those held ids that their commit may have placed below after_id). A new row
+-- is sent when it is the first of its key here and nothing of its key is scheduled; else it is
+-- parked (returned with no payload). Last comes a row with only `covered`: every new row with
+-- an id up to it was placed (NULL: every one seen). Called by the worker only, in a
+-- transaction that commits before any request is sent. (src/pg/claim.cpp)
 DROP FUNCTION bunce.claim(integer);
 CREATE FUNCTION bunce.claim(max_events integer, after_id bigint DEFAULT 0, ordered boolean DEFAULT true,
-                            claim_for interval DEFAULT '5 minutes', open_xids xid8[] DEFAULT '{}',
-                            open_firsts bigint[] DEFAULT '{}')
+                            open_xids xid8[] DEFAULT '{}', open_firsts bigint[] DEFAULT '{}')
 RETURNS TABLE (id bigint, attempts integer, event_id uuid, payload jsonb, idempotency_key uuid, parked boolean,
                covered bigint)
-LANGUAGE plpgsql VOLATILE STRICT
--- one plan for all calls: replanning each claim would cost more than running it
-SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
-#variable_conflict use_column
-DECLARE
-    t timestamptz := statement_timestamp();
-    taken integer;
-    scan integer := 2 * max_events + 32;
-BEGIN
-    -- Scheduled rows that are due: retries, and events whose turn came. A claimed row is due
-    -- again only when its claim has run out (next_attempt_at), so the scan never walks over
-    -- the requests in flight.
-    RETURN QUERY
-    UPDATE bunce.outbox o
-    SET sending_since = t, attempts = o.attempts + 1, next_attempt_at = t + claim_for,
-        first_attempt_at = coalesce(o.first_attempt_at, t)
-    FROM (SELECT c.id FROM bunce.outbox c
-          WHERE c.scheduled AND c.next_attempt_at <= t AND c.sending_since IS NULL
-          ORDER BY c.next_attempt_at, c.id
-          LIMIT max_events
-          FOR UPDATE SKIP LOCKED) due
-    WHERE o.id = due.id
-    RETURNING o.id, o.attempts, o.event_id, o.payload, o.idempotency_key, false, NULL::bigint;
-    GET DIAGNOSTICS taken = ROW_COUNT;
-
-    -- New rows, in id order through the primary key. A row is sent now when it is the first
-    -- of its key here and its key has no scheduled row; else it is parked. Heads are placed
-    -- while max_events allows, so that a row is never placed before an earlier row of its key.
-    -- A row locked by someone else is skipped, and so is the rest of its key; the rows of its
-    -- transaction that ended are seen in this statement's snapshot, as the rows they precede.
-    RETURN QUERY
-    WITH fresh AS (
-        SELECT c.id, c.ordering_key AS k FROM bunce.outbox c
-        WHERE c.id >= (SELECT least(after_id + 1, min(r.first))
-                       FROM unnest(open_xids, open_firsts) AS r(x, first)
-                       WHERE pg_visible_in_snapshot(r.x, pg_current_snapshot()))
-          AND NOT c.scheduled
-          AND c.sending_since IS NULL  -- a claim restored or written by hand: see release_claims
-        ORDER BY c.id
-        LIMIT scan),
-    placed AS (
-        SELECT f.id, f.k,
-               NOT ordered OR f.k IS NULL
-               OR (row_number() OVER (PARTITION BY f.k ORDER BY f.id) = 1
-                   AND NOT EXISTS (SELECT FROM bunce.outbox s
-                                   WHERE s.ordering_key = f.k AND s.scheduled
-                                   ORDER BY s.ordering_key, s.id LIMIT 1)) AS head
-        FROM fresh f),
-    counted AS (
-        SELECT p.id, p.k, p.head, count(*) FILTER (WHERE p.head) OVER (ORDER BY p.id) AS heads FROM placed p),
-    chosen AS (
-        SELECT n.* FROM counted n WHERE n.heads <= max_events - taken),
-    free AS (
-        SELECT c.id FROM bunce.outbox c WHERE c.id IN (SELECT ch.id FROM chosen ch) FOR UPDATE SKIP LOCKED),
-    blocked AS (
-        SELECT ch.id, ch.k FROM chosen ch WHERE ch.id NOT IN (SELECT free.id FROM free)),
-    done AS (
-        UPDATE bunce.outbox o
-        SET scheduled = true,
-            sending_since = CASE WHEN ch.head THEN t END,
-            attempts = o.attempts + CASE WHEN ch.head THEN 1 ELSE 0 END,
-            next_attempt_at = CASE WHEN ch.head THEN t + claim_for ELSE 'infinity' END,
-            first_attempt_at = CASE WHEN ch.head THEN coalesce(o.first_attempt_at, t) ELSE o.first_attempt_at END
-        FROM chosen ch
-        WHERE o.id = ch.id AND ch.id IN (SELECT free.id FROM free)
-          AND NOT (ordered AND EXISTS (SELECT FROM blocked b WHERE b.k = ch.k))
-        RETURNING o.id, o.attempts, o.event_id, CASE WHEN ch.head THEN o.payload END AS payload, o.idempotency_key,
-                  NOT ch.head AS parked)
-    SELECT d.*, NULL::bigint FROM done d
-    UNION ALL
-    -- not placed: blocked rows, heads beyond max_events, and what a full scan left
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL,
-           least((SELECT min(b.id) - 1 FROM blocked b),
-                 (SELECT min(n.id) - 1 FROM counted n WHERE n.heads > max_events - taken),
-                 CASE WHEN (SELECT count(*) FROM fresh) = scan THEN (SELECT max(f.id) FROM fresh f) END);
-END
-$$;
-REVOKE ALL ON FUNCTION bunce.claim(integer, bigint, boolean, interval, xid8[], bigint[]) FROM PUBLIC, bunce_admin;
+LANGUAGE c VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'bunce_claim';
+REVOKE ALL ON FUNCTION bunce.claim(integer, bigint, boolean, xid8[], bigint[]) FROM PUBLIC, bunce_admin;
 
 -- A redriven dead letter is a replay: a new id, so that it is sent after whatever is pending
 -- for its key; the same idempotency key.

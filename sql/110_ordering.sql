@@ -97,9 +97,9 @@ SELECT dblink_connect('open', 'dbname=' || current_database());
 SELECT dblink_exec('open', 'BEGIN');
 SELECT x AS running FROM dblink('open', 'SELECT pg_current_xact_id()::text') AS t(x text) \gset
 SELECT count(*) AS claimed_while_running
-FROM bunce.claim(10, :id16, true, '5 minutes', ARRAY[:'running']::xid8[], ARRAY[:id16]) WHERE id IS NOT NULL;
+FROM bunce.claim(10, :id16, true, ARRAY[:'running']::xid8[], ARRAY[:id16]) WHERE id IS NOT NULL;
 SELECT o.payload ->> 'n' AS n
-FROM bunce.claim(10, :id16, true, '5 minutes', ARRAY[:'running', :'ended']::xid8[], ARRAY[:id16 + 1, :id16]) c
+FROM bunce.claim(10, :id16, true, ARRAY[:'running', :'ended']::xid8[], ARRAY[:id16 + 1, :id16]) c
 JOIN bunce.outbox o USING (id);
 SELECT dblink_exec('open', 'COMMIT');
 SELECT dblink_disconnect('open');

@@ -1,6 +1,7 @@
 // The worker's SQL. Each statement is prepared once and kept; an error names the statement.
 #include <cstring>
 
+#include "claim.hpp"
 #include "outbox.hpp"
 #include "settings.hpp"
 #include "shmem.hpp"
@@ -42,7 +43,7 @@ struct Statement {
     const char *name;  // in errors
     SPIPlanPtr plan;
 };
-Statement claim_stmt{"claiming events"}, delivered_stmt{"removing delivered events"},
+Statement delivered_stmt{"removing delivered events"},
     delivered_logged_stmt{"moving delivered events to bunce.deliveries"},
     dead_stmt{"moving events to bunce.dead_letters"}, retry_stmt{"scheduling retries"},
     next_due_stmt{"finding the next retry"}, promote_stmt{"giving customers their next event"};
@@ -56,16 +57,10 @@ void prepare(Statement &s, const char *sql, int nargs, Oid *types) {
 }
 
 void prepare_statements() {
-    if (claim_stmt.plan) return;
-    Oid claim_types[] = {INT4OID, INT8OID, BOOLOID, INT4OID, XID8ARRAYOID, INT8ARRAYOID};
-    // The claim is bunce.claim(), which the isolation specs test as it is.
-    prepare(claim_stmt,
-            "SELECT id, attempts, event_id, payload, idempotency_key, parked, covered "
-            "FROM bunce.claim($1, $2, $3, $4 * interval '1 millisecond', $5, $6)",
-            6, claim_types);
-    // An answer is recorded on the row as it was claimed: same id, same idempotency key, same
-    // attempt. (An answer to a claim released since, or to an event of an extension dropped and
-    // created again, whose ids start over, changes nothing.) $1-$3 name the claims answered.
+    if (delivered_stmt.plan) return;
+        // An answer is recorded on the row as it was claimed: same id, same idempotency key, same
+        // attempt. (An answer to a claim released since, or to an event of an extension dropped and
+        // created again, whose ids start over, changes nothing.) $1-$3 name the claims answered.
 #define ANSWERED                                                                     \
     "ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), " \
     "pg_catalog.unnest($3::text[])"
@@ -454,6 +449,45 @@ void advance_frontier(Snapshot snap, int64 covered, int64 sequence_end, bool kno
     if (known) scanned_to = Max(scanned_to, Min(covered, sequence_end));
 }
 
+// What the worker does with each row the claim hands over.
+struct Staging {
+    int parked, rows;
+    Batch big;
+    MemoryContext row_cxt;
+};
+
+void stage_row(const ClaimedRow &row, void *arg) {
+    auto *s = static_cast<Staging *>(arg);
+    s->rows++;
+    if (row.parked) {
+        s->parked++;
+        return;
+    }
+    // The payload arrives as jsonb, still compressed or in TOAST, and becomes text one row at
+    // a time: the claim never holds more than one payload besides those staged.
+    MemoryContext old = MemoryContextSwitchTo(s->row_cxt);
+    Jsonb *jb = DatumGetJsonbP(row.payload);
+    // Enqueued payloads were measured as sent; one written by hand could write out to far
+    // more than its stored size (numbers): that is not even made text.
+    const bool huge = VARSIZE(jb) > 8 * static_cast<size_t>(max_payload_size);
+    char *payload = huge ? nullptr : JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+    // JSON on the wire is UTF-8, whatever the database's encoding.
+    if (payload && GetDatabaseEncoding() != PG_UTF8)
+        payload = pg_server_to_any(payload, static_cast<int>(strlen(payload)), PG_UTF8);
+    const size_t size = payload ? strlen(payload) : VARSIZE(jb);
+    MemoryContextSwitchTo(old);
+    const char *key = DatumGetCString(DirectFunctionCall1(uuid_out, row.idempotency_key));
+    if (size > static_cast<size_t>(max_payload_size)) {
+        add_dead(&s->big, row.id, row.attempts, key, 0,
+                 psprintf("not sent: the payload is %zu bytes, more than bunce.max_payload_size (%d bytes)", size,
+                          max_payload_size),
+                 "invalid", "");
+    } else {
+        sender_stage(row.id, row.attempts, DatumGetCString(DirectFunctionCall1(uuid_out, row.event_id)), payload, key);
+    }
+    MemoryContextReset(s->row_cxt);
+}
+
 }  // namespace
 
 // A payload over bunce.max_payload_size (enqueued before the limit was lowered, or written
@@ -469,73 +503,22 @@ Claimed claim_events(int limit) {
     }
     // The sequence's end before the holders: ids handed out later are above it.
     const int64 sequence_end = ids_handed_out();
-    bool isnull;
     const bool known = read_holders();
-    Datum *xids = static_cast<Datum *>(palloc(sizeof(Datum) * (n_open + 1)));
-    Datum *firsts = static_cast<Datum *>(palloc(sizeof(Datum) * (n_open + 1)));
+    FullTransactionId *xids = static_cast<FullTransactionId *>(palloc(sizeof(FullTransactionId) * (n_open + 1)));
+    int64 *firsts = static_cast<int64 *>(palloc(sizeof(int64) * (n_open + 1)));
     for (int i = 0; i < n_open; i++) {
-        xids[i] = FullTransactionIdGetDatum(open_holders[i].xid);
-        firsts[i] = Int64GetDatum(open_holders[i].first);
+        xids[i] = open_holders[i].xid;
+        firsts[i] = open_holders[i].first;
     }
-    Datum args[] = {Int32GetDatum(limit),
-                    Int64GetDatum(from),
-                    BoolGetDatum(ordering == ORDERING_CUSTOMER),
-                    Int32GetDatum(request_timeout_ms + kClaimMarginMs),
-                    PointerGetDatum(construct_array(xids, n_open, XID8OID, 8, true, TYPALIGN_DOUBLE)),
-                    int8s(firsts, n_open)};
-    run(claim_stmt, args, SPI_OK_SELECT);
-    const int n = static_cast<int>(SPI_processed);
-    SPITupleTable *claimed = SPI_tuptable;
-    Batch big;
-    batch_init(&big, n);
-    int parked = 0, rows = 0;
-    int64 covered = PG_INT64_MAX;
-    // The payload arrives as jsonb, still compressed or in TOAST, and becomes text one row at
-    // a time: the claim never holds more than one payload besides those staged.
-    MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "bunce claim row", ALLOCSET_DEFAULT_SIZES);
-    for (int i = 0; i < n; i++) {
-        HeapTuple t = claimed->vals[i];
-        TupleDesc d = claimed->tupdesc;
-        const Datum id_d = SPI_getbinval(t, d, 1, &isnull);
-        if (isnull) {  // the last row: how far new rows were placed
-            const Datum c = SPI_getbinval(t, d, 7, &isnull);
-            if (!isnull) covered = DatumGetInt64(c);
-            continue;
-        }
-        rows++;
-        const int64 id = DatumGetInt64(id_d);
-        if (DatumGetBool(SPI_getbinval(t, d, 6, &isnull))) {
-            parked++;
-            continue;
-        }
-        MemoryContext old = MemoryContextSwitchTo(row_cxt);
-        Jsonb *jb = DatumGetJsonbP(SPI_getbinval(t, d, 4, &isnull));
-        // Enqueued payloads were measured as sent; one written by hand could write out to far
-        // more than its stored size (numbers): that is not even made text.
-        const bool huge = VARSIZE(jb) > 8 * static_cast<size_t>(max_payload_size);
-        char *payload = huge ? nullptr : JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
-        // JSON on the wire is UTF-8, whatever the database's encoding.
-        if (payload && GetDatabaseEncoding() != PG_UTF8)
-            payload = pg_server_to_any(payload, static_cast<int>(strlen(payload)), PG_UTF8);
-        MemoryContextSwitchTo(old);
-        const size_t size = payload ? strlen(payload) : VARSIZE(jb);
-        const int attempts = DatumGetInt32(SPI_getbinval(t, d, 2, &isnull));
-        const char *key = SPI_getvalue(t, d, 5);
-        if (size > static_cast<size_t>(max_payload_size)) {
-            add_dead(&big, id, attempts, key, 0,
-                     psprintf("not sent: the payload is %zu bytes, more than bunce.max_payload_size (%d bytes)", size,
-                              max_payload_size),
-                     "invalid", "");
-        } else {
-            sender_stage(id, attempts, SPI_getvalue(t, d, 3), payload, key);
-        }
-        MemoryContextReset(row_cxt);
-    }
-    MemoryContextDelete(row_cxt);
+    const ClaimRequest req{limit, from, ordering == ORDERING_CUSTOMER, n_open, xids, firsts};
+    Staging s{0, 0, {}, AllocSetContextCreate(CurrentMemoryContext, "bunce claim row", ALLOCSET_DEFAULT_SIZES)};
+    batch_init(&s.big, limit);
+    const int64 covered = claim(req, stage_row, &s);
+    MemoryContextDelete(s.row_cxt);
     advance_frontier(snap, covered, sequence_end, known);
-    parked_here += parked;
-    Claimed out{rows - parked - big.n, big.n, covered != PG_INT64_MAX};
-    if (big.n) out.promoted = write_dead(&big);
+    parked_here += s.parked;
+    Claimed out{s.rows - s.parked - s.big.n, s.big.n, covered != PG_INT64_MAX};
+    if (s.big.n) out.promoted = write_dead(&s.big);
     return out;
 }
 
