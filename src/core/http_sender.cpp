@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 #include <string_view>
 
@@ -24,6 +25,8 @@ struct HttpSender::Transfer {
     HttpAnswer answer;
     std::string body;  // must outlive the transfer: libcurl does not copy POSTFIELDS
     char error[CURL_ERROR_SIZE];
+    curl_slist *key_header = nullptr;  // the Idempotency-Key entry of headers
+    uint64_t generation = 0;           // of the options set on easy (0: none yet)
 
     ~Transfer() {
         curl_slist_free_all(headers);
@@ -99,18 +102,17 @@ HttpSender::~HttpSender() {
 
 void HttpSender::configure(const SenderOptions &options) {
     options_ = options;
+    generation_++;
     // The key travels in a header: plain http (loopback only) never goes through a proxy.
     if (options_.url.rfind("https://", 0) != 0) options_.proxy.clear();
 }
 
+// A handle keeps its options between requests: they are set again only after configure().
 void HttpSender::submit(HttpRequest request) {
     std::unique_ptr<Transfer> t;
     if (!idle_.empty()) {
         t = std::move(idle_.back());
         idle_.pop_back();
-        curl_easy_reset(t->easy);
-        curl_slist_free_all(t->headers);
-        t->headers = nullptr;
     } else {
         t = std::make_unique<Transfer>();
         t->easy = curl_easy_init();
@@ -119,19 +121,23 @@ void HttpSender::submit(HttpRequest request) {
     t->answer = HttpAnswer{request.id, 0, {}, {}, {}, 0};
     t->body = std::move(request.body);
     t->error[0] = '\0';
-
-    auto add = [&](const std::string &h) {
-        curl_slist *l = curl_slist_append(t->headers, h.c_str());
-        if (!l) throw std::bad_alloc();
-        t->headers = l;
-    };
-    add("Content-Type: application/json");
-    add("Accept: application/json");
-    add("X-Authorization: " + options_.api_key);
-    add("Idempotency-Key: " + request.idempotency_key);
-    add("Expect:");  // no 100-continue round trip
-
+    if (t->generation != generation_) {
+        curl_easy_reset(t->easy);
+        set_options(*t);
+        t->generation = generation_;
+    }
+    set_key_header(*t, request.idempotency_key);
     CURL *e = t->easy;
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->body.data());
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->body.size()));
+    if (curl_multi_add_handle(multi_, e) != CURLM_OK) throw std::runtime_error("could not start a request");
+    running_.insert(t.release());  // owned through running_ until collect() takes it back
+    in_flight_++;
+}
+
+void HttpSender::set_options(Transfer &t) {
+    t.key_header = nullptr;  // the headers are made again too
+    CURL *e = t.easy;
     curl_easy_setopt(e, CURLOPT_URL, options_.url.c_str());
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     // Only the proxy configured here; "" also makes libcurl ignore http_proxy, all_proxy and
@@ -139,9 +145,6 @@ void HttpSender::submit(HttpRequest request) {
     curl_easy_setopt(e, CURLOPT_PROXY, options_.proxy.c_str());
     curl_easy_setopt(e, CURLOPT_NOPROXY, "");
     curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->body.data());
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->body.size()));
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
     curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, options_.timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, std::min(options_.timeout_ms, 10000L));
@@ -152,15 +155,34 @@ void HttpSender::submit(HttpRequest request) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     if (!options_.ca_file.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, options_.ca_file.c_str());
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Transfer::on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, t.get());
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Transfer::on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, t.get());
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, t.get());
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.error);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
+}
 
-    if (curl_multi_add_handle(multi_, e) != CURLM_OK) throw std::runtime_error("could not start a request");
-    running_.insert(t.release());  // owned through running_ until collect() takes it back
-    in_flight_++;
+// The headers; the Idempotency-Key is the list's last entry, rewritten in place when the new
+// key has the length of the old one (a uuid always has).
+void HttpSender::set_key_header(Transfer &t, const std::string &key) {
+    const std::string key_header = "Idempotency-Key: " + key;
+    if (t.key_header && std::strlen(t.key_header->data) == key_header.size()) {
+        std::memcpy(t.key_header->data, key_header.data(), key_header.size());
+        return;
+    }
+    curl_slist_free_all(t.headers);
+    t.headers = nullptr;
+    t.key_header = nullptr;
+    for (const std::string &h : {std::string("Content-Type: application/json"), std::string("Accept: application/json"),
+                                 "X-Authorization: " + options_.api_key,
+                                 std::string("Expect:"),  // no 100-continue round trip
+                                 key_header}) {
+        curl_slist *l = curl_slist_append(t.headers, h.c_str());
+        if (!l) throw std::bad_alloc();
+        t.headers = l;
+    }
+    for (curl_slist *n = t.headers; n; n = n->next) t.key_header = n;
+    curl_easy_setopt(t.easy, CURLOPT_HTTPHEADER, t.headers);
 }
 
 int HttpSender::socket_cb(void *, int fd, int what, void *self, void *) noexcept {

@@ -72,6 +72,8 @@ public:
 private:
     struct Transfer;
     void collect();
+    void set_options(Transfer &t);
+    void set_key_header(Transfer &t, const std::string &key);
     // libcurl calls these from C: they never throw.
     static int socket_cb(void *easy, int fd, int what, void *self, void *socketp) noexcept;
     static int timer_cb(void *multi, long timeout_ms, void *self) noexcept;
@@ -80,6 +82,7 @@ private:
     SenderOptions options_;
     int epoll_fd_;
     int64_t deadline_us_ = -1;  // monotonic time of libcurl's next timeout
+    uint64_t generation_ = 1;   // of options_: counts configure() calls
     size_t in_flight_ = 0;
     std::unordered_set<Transfer *> running_;       // owned, in the multi handle
     std::vector<std::unique_ptr<Transfer>> idle_;  // finished transfers, handles kept for reuse

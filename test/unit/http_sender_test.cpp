@@ -498,6 +498,35 @@ TEST(HttpSender, ReusedHandlesCarryNoStaleState) {
     EXPECT_EQ(requests[1].body, R"({"x":1})");
 }
 
+TEST(HttpSender, ReusedHandleTakesEachKeyAndLaterSettings) {
+    // One handle, reused: keys of the same length (rewritten in place) and of another length
+    // (headers made again), then new settings; every request carries its own values once.
+    TestServer server(canned);
+    HttpSender sender;
+    sender.configure(options_for(server.url()));
+    for (const char *key : {"key-0001", "key-0002", "a-longer-key-0003"}) {
+        sender.submit(HttpRequest{1, "{}", key});
+        ASSERT_EQ(drive(sender, 1).size(), 1u);
+    }
+    SenderOptions second = options_for(server.url("/other/path"));
+    second.api_key = "second-key";
+    sender.configure(second);
+    sender.submit(HttpRequest{2, "{}", "key-0004"});
+    ASSERT_EQ(drive(sender, 1).size(), 1u);
+    const auto requests = server.requests();
+    ASSERT_EQ(requests.size(), 4u);
+    const char *expected[] = {"key-0001", "key-0002", "a-longer-key-0003", "key-0004"};
+    for (size_t i = 0; i < 4; i++) {
+        EXPECT_EQ(requests[i].headers.count("idempotency-key"), 1u) << i;
+        EXPECT_EQ(requests[i].header("idempotency-key"), expected[i]);
+        EXPECT_EQ(requests[i].headers.count("x-authorization"), 1u) << i;
+        EXPECT_EQ(requests[i].connection, 1) << "one kept-alive connection: request " << i;
+    }
+    EXPECT_EQ(requests[2].header("x-authorization"), "test-api-key-123");
+    EXPECT_EQ(requests[3].header("x-authorization"), "second-key");
+    EXPECT_EQ(requests[3].target, "/other/path");
+}
+
 TEST(HttpSender, ExternalEventLoop) {
     // The worker's way: wait on poll_fd() itself, then on_ready() and on_timeout().
     TestServer server(canned);
