@@ -69,15 +69,18 @@ SELECT o.payload ->> 'n' AS n, c.parked, c.covered = :id10 - 1 AS covered_up_to_
 FROM bunce.claim(1) c LEFT JOIN bunce.outbox o USING (id) ORDER BY id;
 SELECT o.payload ->> 'n' AS n, c.parked, c.covered FROM bunce.claim(5) c LEFT JOIN bunce.outbox o USING (id) ORDER BY id;
 
--- A row that someone else holds locked is skipped, with the rest of its customer's rows; the
--- claim does not wait for it, and says it stopped before it.
+-- A row that someone else holds locked is skipped, with the rest of its customer's rows,
+-- earlier ones too (whoever holds it may be sending it); the claim does not wait for it, and
+-- says it stopped before the first row it skipped.
 SELECT bunce_trigger(:ev, jsonb_build_object('email', e, 'n', n)) > 0 AS enqueued
-FROM (VALUES (13, 'h@example.com'), (14, 'h@example.com'), (15, 'i@example.com')) v(n, e) ORDER BY n;
+FROM (VALUES (13, 'h@example.com'), (14, 'h@example.com'), (15, 'i@example.com'), (17, 'k@example.com'),
+             (18, 'k@example.com')) v(n, e) ORDER BY n;
 SELECT id AS id13 FROM bunce.outbox WHERE payload ->> 'n' = '13' \gset
+SELECT id AS id18 FROM bunce.outbox WHERE payload ->> 'n' = '18' \gset
 CREATE EXTENSION IF NOT EXISTS dblink;
 SELECT dblink_connect('locker', 'dbname=' || current_database());
 SELECT dblink_exec('locker', 'BEGIN');
-SELECT dblink_exec('locker', 'UPDATE bunce.outbox SET last_error = last_error WHERE id = ' || :id13);
+SELECT dblink_exec('locker', 'UPDATE bunce.outbox SET last_error = last_error WHERE id IN (' || :id13 || ', ' || :id18 || ')');
 SELECT o.payload ->> 'n' AS n, c.parked, c.covered = :id13 - 1 AS stopped_before_13
 FROM bunce.claim(10) c LEFT JOIN bunce.outbox o USING (id) ORDER BY id;
 SELECT dblink_exec('locker', 'COMMIT');
@@ -107,6 +110,10 @@ SELECT dblink_disconnect('open');
 -- ordered = false (bunce.ordering = none): every new event goes at once
 SELECT bunce_trigger(:ev, '{"email": "a@example.com", "n": 12}') > 0 AS enqueued;
 SELECT o.payload ->> 'n' AS n, c.parked FROM bunce.claim(10, 0, false) c JOIN bunce.outbox o USING (id);
+
+-- max_events out of range
+SELECT * FROM try_sql('SELECT * FROM bunce.claim(-1)');
+SELECT * FROM try_sql('SELECT * FROM bunce.claim(2147483647)');
 
 -- Only the worker claims.
 CREATE ROLE ordering_admin IN ROLE bunce_admin;

@@ -2,6 +2,7 @@
 // rows go out decided here, between them. (As one SQL statement, a plan of CTEs and window
 // functions, it cost about 1 ms a call whatever it claimed.)
 #include <cstdlib>
+#include <initializer_list>
 
 #include "claim.hpp"
 
@@ -9,6 +10,8 @@ extern "C" {
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/snapmgr.h"
@@ -77,8 +80,9 @@ Statement place_stmt{
     2,
     {INT8ARRAYOID, BOOLARRAYOID}};
 
-// Runs `s` (prepared on first use, under the caller's search_path: pg_catalog first).
-void run(Statement &s, Datum *args, int expected) {
+// Runs `s` (prepared on first use, under the caller's search_path: pg_catalog first), in
+// `snap` when one is given.
+void run(Statement &s, Datum *args, int expected, Snapshot snap = InvalidSnapshot) {
     if (!s.plan) {
         SPIPlanPtr plan = SPI_prepare(s.sql, s.nargs, s.types);
         if (!plan)
@@ -87,7 +91,7 @@ void run(Statement &s, Datum *args, int expected) {
         SPI_keepplan(plan);
         s.plan = plan;
     }
-    const int rc = SPI_execute_plan(s.plan, args, nullptr, false, 0);
+    const int rc = SPI_execute_snapshot(s.plan, args, nullptr, snap, InvalidSnapshot, false, false, 0);
     if (rc != expected) elog(ERROR, "bunce: %s failed: %s", s.name, SPI_result_code_string(rc));
 }
 
@@ -167,25 +171,36 @@ Datum int8_array(const Datum *d, int n) {
     return PointerGetDatum(construct_array(const_cast<Datum *>(d), n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }
 
-}  // namespace
+// Whether the transaction has ended as `snap` sees it. (One more than 2^31 transactions
+// back has, whatever its 32-bit xid says now.)
+bool ended(FullTransactionId xid, Snapshot snap) {
+    const FullTransactionId next = ReadNextFullTransactionId();
+    if (!FullTransactionIdPrecedes(xid, next)) return false;
+    if (U64FromFullTransactionId(next) - U64FromFullTransactionId(xid) > MaxTransactionId / 2) return true;
+    return !XidInMVCCSnapshot(XidFromFullTransactionId(xid), snap);
+}
 
-int64 claim(const ClaimRequest &req, ClaimSink sink, void *arg) {
+int64 claim_rows(const ClaimRequest &req, ClaimSink sink, void *arg) {
     Datum due_args[] = {Int32GetDatum(req.max_events)};
     run(due_stmt, due_args, SPI_OK_UPDATE_RETURNING);
     const int cap = req.max_events - hand_over(sink, arg);
 
-    // From the first id of each transaction that held ids and has ended: its rows are visible
-    // to the scan, which runs in a later snapshot than this.
+    // From the first id of each transaction that held ids and has ended, in the snapshot of
+    // the scan: the scan then sees its rows.
+    Snapshot snap = RegisterSnapshot(GetTransactionSnapshot());
     int64 from = req.after_id + 1;
-    const Snapshot snap = GetActiveSnapshot();
     for (int i = 0; i < req.n_open; i++)
-        if (!XidInMVCCSnapshot(XidFromFullTransactionId(req.open_xids[i]), snap)) from = Min(from, req.open_firsts[i]);
-    if (cap <= 0) return from - 1;
+        if (ended(req.open_xids[i], snap)) from = Min(from, req.open_firsts[i]);
+    if (cap <= 0) {
+        UnregisterSnapshot(snap);
+        return from - 1;
+    }
 
     // Room for the heads wanted and some parked rows; a full scan leaves the rest for next time.
     const int scan = cap + 32;
     Datum scan_args[] = {Int64GetDatum(from), Int32GetDatum(scan)};
-    run(scan_stmt, scan_args, SPI_OK_SELECT);
+    run(scan_stmt, scan_args, SPI_OK_SELECT, snap);
+    UnregisterSnapshot(snap);
     const int n = static_cast<int>(SPI_processed);
     if (n == 0) return PG_INT64_MAX;
     Fresh *rows = static_cast<Fresh *>(palloc0(sizeof(Fresh) * n));
@@ -248,23 +263,22 @@ int64 claim(const ClaimRequest &req, ClaimSink sink, void *arg) {
         if (r) r->locked = r->placed = true;
     }
     SPI_freetuptable(SPI_tuptable);
-    // A row someone else holds (or placed meanwhile) waits for the next claim, and so do the
-    // rows of its key after it.
+    // A row someone else holds (or placed meanwhile) waits for the next claim, and so does
+    // every other row of its key here: whoever holds it may be sending it.
+    if (req.ordered) {
+        for (int j = 0, group = 0; j <= nkeyed; j++) {
+            if (j < nkeyed && rows[order[j]].key == rows[order[group]].key) continue;
+            bool blocked = false;
+            for (int g = group; g < j; g++) blocked |= order[g] < chosen && !rows[order[g]].locked;
+            for (int g = group; blocked && g < j; g++) rows[order[g]].placed = false;
+            group = j;
+        }
+    }
     for (int i = 0; i < chosen; i++)
-        if (!rows[i].locked) {
+        if (!rows[i].placed) {
             covered = Min(covered, rows[i].id - 1);
             break;
         }
-    if (req.ordered) {
-        bool blocked = false;
-        for (int j = 0; j < nkeyed; j++) {
-            Fresh &r = rows[order[j]];
-            if (j > 0 && r.key != rows[order[j - 1]].key) blocked = false;
-            if (order[j] >= chosen) continue;
-            if (!r.locked) blocked = true;
-            if (blocked) r.placed = false;
-        }
-    }
 
     Datum *heads_d = static_cast<Datum *>(palloc(sizeof(Datum) * chosen));
     int nplaced = 0;
@@ -279,6 +293,19 @@ int64 claim(const ClaimRequest &req, ClaimSink sink, void *arg) {
         run(place_stmt, place_args, SPI_OK_UPDATE_RETURNING);
         hand_over(sink, arg);
     }
+    return covered;
+}
+
+}  // namespace
+
+int64 claim(const ClaimRequest &req, ClaimSink sink, void *arg) {
+    // The statements are kept as plans made when the outbox may have been nearly empty, and
+    // they touch a few rows of a table of any size: only index paths are right for them.
+    const int nest = NewGUCNestLevel();
+    for (const char *name : {"enable_seqscan", "enable_hashjoin", "enable_mergejoin"})
+        (void)set_config_option(name, "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+    const int64 covered = claim_rows(req, sink, arg);
+    AtEOXact_GUC(true, nest);
     return covered;
 }
 
@@ -302,9 +329,18 @@ void store_row(const ClaimedRow &row, void *arg) {
     tuplestore_putvalues(s->store, s->desc, values, nulls);
 }
 
+constexpr int kMaxClaim = 100000;
+
 // bunce.claim(max_events, after_id, ordered, open_xids, open_firsts): the claimed and parked
 // rows, then one row with only `covered` (NULL: every new row seen was placed).
 Datum claim_function(FunctionCallInfo fcinfo) {
+    if (!superuser())
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("only a superuser may call bunce.claim()"),
+                        errhint("The delivery worker claims events; a claim by anyone else holds them back.")));
+    const int max_events = PG_GETARG_INT32(0);
+    if (max_events < 0 || max_events > kMaxClaim)
+        ereport(ERROR,
+                (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("max_events must be between 0 and %d", kMaxClaim)));
     ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
     InitMaterializedSRF(fcinfo, 0);
     ArrayType *xids = PG_GETARG_ARRAYTYPE_P(3), *firsts = PG_GETARG_ARRAYTYPE_P(4);
@@ -316,7 +352,7 @@ Datum claim_function(FunctionCallInfo fcinfo) {
         ereport(ERROR, (errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
                         errmsg("open_xids and open_firsts must have the same number of elements")));
     ClaimRequest req;
-    req.max_events = PG_GETARG_INT32(0);
+    req.max_events = max_events;
     req.after_id = PG_GETARG_INT64(1);
     req.ordered = PG_GETARG_BOOL(2);
     req.n_open = nxids;
