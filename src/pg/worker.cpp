@@ -4,6 +4,7 @@
 // off and retry on anything transient. What to do with an answer and how long to wait are
 // decided in the core (policy.hpp); the SQL is in worker_sql.cpp, the sender in sender.cpp.
 #include <malloc.h>
+#include <sys/resource.h>
 
 #include <cstring>
 
@@ -21,6 +22,7 @@ extern "C" {
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -46,6 +48,8 @@ bool look_for_work = true;       // there may be due events
 TimestampTz next_retry_due = 0;  // earliest retry due, 0 when unknown or none
 char key_problem[256];           // why bunce.api_key_file cannot be used, or empty
 MemoryContext loop_cxt;          // reset at the start of every round
+
+int connection_room = 0;  // requests in flight the open files limit allows (see make_room_for_sockets)
 
 constexpr int64 kHousekeepingUs = USECS_PER_SEC;
 constexpr int64 kRecountUs = 5 * USECS_PER_SEC;
@@ -187,6 +191,42 @@ void pin_session_settings() {
     for (const auto &p : pinned) SetConfigOption(p[0], p[1], PGC_SUSET, PGC_S_OVERRIDE);
 }
 
+// Each request in flight holds a socket. PostgreSQL sized its own use of file descriptors to
+// the soft limit the server started with (max_files_per_process at most), so the sockets need
+// room beside it: the soft limit is raised towards the hard one by bunce.max_in_flight's most
+// and a margin; where the hard limit allows less, up to a third of PostgreSQL's own share is
+// reserved for them (as postgres_fdw does for its connections). Beyond that room fewer
+// requests go out at once, and the log says why: more would fail to connect, or make
+// PostgreSQL's own file opens fail.
+void make_room_for_sockets() {
+    constexpr int kMost = 1000, kMargin = 64;  // bunce.max_in_flight's maximum; libcurl's own, slack
+    rlimit lim;
+    int above = 0;
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {
+        const rlim_t base = lim.rlim_cur, want = base + kMost + kMargin;
+        lim.rlim_cur = lim.rlim_max == RLIM_INFINITY || lim.rlim_max >= want ? want : lim.rlim_max;
+        if (lim.rlim_cur > base && setrlimit(RLIMIT_NOFILE, &lim) == 0)
+            above = static_cast<int>(Max(static_cast<long>(lim.rlim_cur - base) - kMargin, 0L));
+    }
+    const int reserved = Min(kMost - Min(above, kMost), max_safe_fds / 3);
+    for (int i = 0; i < reserved; i++) ReserveExternalFD();
+    connection_room = Max(above + reserved, 1);
+}
+
+// The requests that may be in flight now.
+int in_flight_limit() {
+    static int warned_for = 0;
+    if (max_in_flight > connection_room && warned_for != max_in_flight) {
+        warned_for = max_in_flight;
+        ereport(LOG, (errmsg("bunce worker: at most %d requests in flight, not bunce.max_in_flight = %d: the open "
+                             "files limit leaves room for %d sockets",
+                             connection_room, max_in_flight, connection_room),
+                      errhint("Raise the hard limit on open files of the PostgreSQL server (LimitNOFILE in its "
+                              "systemd unit, or ulimit -Hn) by bunce.max_in_flight.")));
+    }
+    return Min(max_in_flight, connection_room);
+}
+
 // (Re-)reads bunce.api_key_file; what stops it stops delivery (see config_problem).
 void reload_api_key() {
     if (load_api_key(key_problem, sizeof key_problem)) key_problem[0] = '\0';
@@ -289,7 +329,7 @@ Round decide_state(TimestampTz now) {
     else
         set_state(WORKER_RUNNING, nullptr, 0);
     Round r{!stop_requested && enabled && !problem && !pause.until_us, 0, 0};
-    r.slots = r.may_send ? max_in_flight - sender_in_flight() : 0;
+    r.slots = r.may_send ? in_flight_limit() - sender_in_flight() : 0;
     if (r.slots > 0 && rate_limit > 0) {
         r.limiter_us = sender_limiter_wait_us();
         r.slots = r.limiter_us == 0 ? 1 : 0;  // evenly spaced: one at a time when limited
@@ -389,7 +429,7 @@ void wait_for_events(WaitEventSet *wait_set, const Round &round, TimestampTz now
     in.sender_timeout_ms = sender_timeout_ms();
     in.wants_to_claim = look_for_work && round.may_send;
     in.limiter_wait_us = round.limiter_us;
-    in.has_free_slot = sender_in_flight() < max_in_flight;
+    in.has_free_slot = sender_in_flight() < in_flight_limit();
     in.next_due_us = next_retry_due;
     in.paused_until_us = pause.until_us;
     in.stop_deadline_us = stop_requested ? stop_deadline : 0;
@@ -419,6 +459,7 @@ void start_worker() {
     // freed: a fixed threshold stops glibc from raising it after the first large free and
     // then keeping such buffers in the heap for good.
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    make_room_for_sockets();
 
     before_shmem_exit(worker_exit, 0);
     SpinLockAcquire(&shared->mutex);
