@@ -299,10 +299,12 @@ int64 claim_rows(const ClaimRequest &req, ClaimSink sink, void *arg) {
 }  // namespace
 
 int64 claim(const ClaimRequest &req, ClaimSink sink, void *arg) {
-    // The statements are kept as plans made when the outbox may have been nearly empty, and
-    // they touch a few rows of a table of any size: only index paths are right for them.
+    // The statements are kept as plans made when the outbox may have been nearly empty (or
+    // full of rows of another kind), and they touch a few rows of a table of any size: only
+    // index scans in index order and nested loops are right for them, whatever the statistics.
     const int nest = NewGUCNestLevel();
-    for (const char *name : {"enable_seqscan", "enable_hashjoin", "enable_mergejoin"})
+    for (const char *name :
+         {"enable_seqscan", "enable_bitmapscan", "enable_sort", "enable_hashjoin", "enable_mergejoin"})
         (void)set_config_option(name, "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
     const int64 covered = claim_rows(req, sink, arg);
     AtEOXact_GUC(true, nest);
