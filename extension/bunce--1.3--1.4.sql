@@ -126,3 +126,20 @@ REVOKE ALL ON bunce.status FROM PUBLIC;
 GRANT SELECT ON bunce.status TO bunce_admin;
 REVOKE ALL ON FUNCTION bunce.ordering_key(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bunce.ordering_key(jsonb) TO bunce_admin;
+
+-- Logical replication: an event is sent by the database where it was enqueued. What a
+-- subscription applies to bunce's tables is dropped (src/pg/replicated.cpp): the trigger is
+-- enabled for replica sessions only, so no other session fires it.
+CREATE FUNCTION bunce.ignore_replicated() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'bunce_ignore_replicated';
+COMMENT ON FUNCTION bunce.ignore_replicated() IS 'drops the changes a subscription applies to bunce''s tables';
+REVOKE ALL ON FUNCTION bunce.ignore_replicated() FROM PUBLIC, bunce_admin;
+CREATE TRIGGER ignore_replicated BEFORE INSERT OR UPDATE OR DELETE ON bunce.outbox
+    FOR EACH ROW EXECUTE FUNCTION bunce.ignore_replicated();
+ALTER TABLE bunce.outbox ENABLE REPLICA TRIGGER ignore_replicated;
+CREATE TRIGGER ignore_replicated BEFORE INSERT OR UPDATE OR DELETE ON bunce.dead_letters
+    FOR EACH ROW EXECUTE FUNCTION bunce.ignore_replicated();
+ALTER TABLE bunce.dead_letters ENABLE REPLICA TRIGGER ignore_replicated;
+CREATE TRIGGER ignore_replicated BEFORE INSERT OR UPDATE OR DELETE ON bunce.deliveries
+    FOR EACH ROW EXECUTE FUNCTION bunce.ignore_replicated();
+ALTER TABLE bunce.deliveries ENABLE REPLICA TRIGGER ignore_replicated;

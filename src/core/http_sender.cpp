@@ -259,6 +259,12 @@ void HttpSender::collect() {
             t->answer.error = t->error[0] ? t->error : curl_easy_strerror(result);
         }
         curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &t->answer.seconds);
+        // libcurl counts, per handle, the retries on reused connections found dead, and gives
+        // up after five; only a reset clears the count. A retry connects anew: a handle that
+        // connected is reset before its next use (in the steady state, none is).
+        long connects = 0;
+        curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
+        if (connects > 0) t->generation = 0;
         answers_.push_back(std::move(t->answer));
         std::string().swap(t->body);  // an idle handle keeps no payload-sized buffer
         idle_.push_back(std::move(t));

@@ -26,7 +26,9 @@ int64_t RateLimiter::wait_us(int64_t now) const {
 }
 
 void RateLimiter::record(int64_t now) {
-    last_us_ = now;
+    // Within one spacing of its grid time the request keeps the grid; after a pause, a new
+    // grid starts at it.
+    last_us_ = now - (last_us_ + spacing_us_) < spacing_us_ ? last_us_ + spacing_us_ : now;
     if (limit_ == 0) return;
     sent_[next_] = now;
     next_ = (next_ + 1) % sent_.size();

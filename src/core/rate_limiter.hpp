@@ -25,15 +25,17 @@ public:
     int sent_last_minute(int64_t now_us) const;
 
 private:
-    // Requests are spaced window/limit apart, and the last `limit` sends are remembered so
-    // that no window of that length ever holds more, however the spacing was disturbed.
-    // The window is a little over a minute: a request sent early can arrive late, and the
-    // server counts arrivals. 60.6 s leaves 99% of the limit usable.
-    static constexpr int64_t kWindowUs = 60'600'000;
+    // Requests are spaced window/limit apart, on a grid: a request sent late (the worker woke
+    // up a little after its time) does not push the next one later, so a backlogged sender
+    // keeps the full pace. The last `limit` sends are remembered so that no window of that
+    // length ever holds more, however the spacing was disturbed. The window is a little over
+    // a minute: a request sent early can arrive late, and the server counts arrivals. 60.3 s
+    // leaves 99.5% of the limit usable.
+    static constexpr int64_t kWindowUs = 60'300'000;
     int limit_ = 0;
     int64_t spacing_us_ = 0;
-    int64_t last_us_ = INT64_MIN / 2;
-    std::vector<int64_t> sent_;  // ring of the last `limit_` send times
+    int64_t last_us_ = INT64_MIN / 2;  // the grid time of the last request
+    std::vector<int64_t> sent_;        // ring of the last `limit_` send times
     size_t next_ = 0;
 };
 

@@ -191,26 +191,32 @@ void pin_session_settings() {
     for (const auto &p : pinned) SetConfigOption(p[0], p[1], PGC_SUSET, PGC_S_OVERRIDE);
 }
 
-// Each request in flight holds a socket. PostgreSQL sized its own use of file descriptors to
-// the soft limit the server started with (max_files_per_process at most), so the sockets need
-// room beside it: the soft limit is raised towards the hard one by bunce.max_in_flight's most
-// and a margin; where the hard limit allows less, up to a third of PostgreSQL's own share is
-// reserved for them (as postgres_fdw does for its connections). Beyond that room fewer
-// requests go out at once, and the log says why: more would fail to connect, or make
-// PostgreSQL's own file opens fail.
+// Each request in flight holds a socket (two for a moment while it connects). PostgreSQL keeps
+// its own files within max_safe_fds, computed from the soft limit on open files the server
+// started with, so the sockets need room above that: the soft limit is raised towards the
+// hard one. Where the hard limit allows too little, part of PostgreSQL's own share is lent to
+// the sockets (AcquireExternalFD, as postgres_fdw does for its connections), short of what its
+// wait sets need. Beyond the room fewer requests go out at once, and the log says why: more
+// would fail to connect, or make PostgreSQL's own file opens fail. Called after the worker's
+// wait set is made (it holds an external descriptor too).
 void make_room_for_sockets() {
-    constexpr int kMost = 1000, kMargin = 64;  // bunce.max_in_flight's maximum; libcurl's own, slack
+    constexpr long kMost = 1000, kPerRequest = 2, kMargin = 64;  // bunce.max_in_flight's maximum
+    constexpr long kPostgresReserve = 10;                        // fd.c's NUM_RESERVED_FDS
+    const long postgres_share = max_safe_fds + kPostgresReserve;
+    long free_fds = kMost * kPerRequest;  // (no limit)
     rlimit lim;
-    int above = 0;
-    if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {
-        const rlim_t base = lim.rlim_cur, want = base + kMost + kMargin;
-        lim.rlim_cur = lim.rlim_max == RLIM_INFINITY || lim.rlim_max >= want ? want : lim.rlim_max;
-        if (lim.rlim_cur > base && setrlimit(RLIMIT_NOFILE, &lim) == 0)
-            above = static_cast<int>(Max(static_cast<long>(lim.rlim_cur - base) - kMargin, 0L));
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
+        const rlim_t want = static_cast<rlim_t>(postgres_share + kMost * kPerRequest + kMargin);
+        if (lim.rlim_cur < want) {
+            rlimit raised = lim;
+            raised.rlim_cur = lim.rlim_max == RLIM_INFINITY || lim.rlim_max >= want ? want : lim.rlim_max;
+            if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+        }
+        free_fds = Max(static_cast<long>(lim.rlim_cur) - postgres_share - kMargin, 0L);
     }
-    const int reserved = Min(kMost - Min(above, kMost), max_safe_fds / 3);
-    for (int i = 0; i < reserved; i++) ReserveExternalFD();
-    connection_room = Max(above + reserved, 1);
+    for (long lent = 0; free_fds < kMost * kPerRequest && lent < max_safe_fds / 3 - 8 && AcquireExternalFD(); lent++)
+        free_fds++;
+    connection_room = static_cast<int>(Max(Min(free_fds / kPerRequest, kMost), 1L));
 }
 
 // The requests that may be in flight now.
@@ -459,7 +465,6 @@ void start_worker() {
     // freed: a fixed threshold stops glibc from raising it after the first large free and
     // then keeping such buffers in the heap for good.
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
-    make_room_for_sockets();
 
     before_shmem_exit(worker_exit, 0);
     SpinLockAcquire(&shared->mutex);
@@ -502,6 +507,7 @@ void worker_main() {
     AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, nullptr);
     AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, nullptr, nullptr);
     AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, sender_poll_fd(), nullptr, nullptr);
+    make_room_for_sockets();
     for (;;) {
         MemoryContextReset(loop_cxt);
         MemoryContextSwitchTo(loop_cxt);
