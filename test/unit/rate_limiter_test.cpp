@@ -181,7 +181,9 @@ TEST(RateLimiter, LateWakeUpsKeepThePace) {
         size_t first = 0;
         for (size_t i = 0; i < sends.size() && sends[i].at < 9 * kMinute; i++) {
             while (sends[first].at <= sends[i].at - kMinute) first++;
-            if (sends[i].at >= 2 * kMinute) ASSERT_GE(i - first + 1, 495u) << "window ending at send " << i;
+            if (sends[i].at >= 2 * kMinute) {
+                ASSERT_GE(i - first + 1, 495u) << "window ending at send " << i;
+            }
         }
     }
 }
