@@ -200,8 +200,10 @@ void pin_session_settings() {
 // would fail to connect, or make PostgreSQL's own file opens fail. Called after the worker's
 // wait set is made (it holds an external descriptor too).
 void make_room_for_sockets() {
-    constexpr long kMost = 1000, kPerRequest = 2, kMargin = 64;  // bunce.max_in_flight's maximum
-    constexpr long kPostgresReserve = 10;                        // fd.c's NUM_RESERVED_FDS
+    constexpr long kMost = 1000;           // bunce.max_in_flight's maximum
+    constexpr long kPerRequest = 2;        // descriptors per request, at most
+    constexpr long kMargin = 64;           // libcurl's own (epoll, resolver), and slack
+    constexpr long kPostgresReserve = 10;  // fd.c's NUM_RESERVED_FDS
     const long postgres_share = max_safe_fds + kPostgresReserve;
     long free_fds = kMost * kPerRequest;  // (no limit)
     rlimit lim;
@@ -224,11 +226,11 @@ int in_flight_limit() {
     static int warned_for = 0;
     if (max_in_flight > connection_room && warned_for != max_in_flight) {
         warned_for = max_in_flight;
-        ereport(LOG, (errmsg("bunce worker: at most %d requests in flight, not bunce.max_in_flight = %d: the open "
-                             "files limit leaves room for %d sockets",
-                             connection_room, max_in_flight, connection_room),
+        ereport(LOG, (errmsg("bunce worker: at most %d requests in flight, not bunce.max_in_flight = %d: the limit "
+                             "on open files leaves no room for more sockets",
+                             connection_room, max_in_flight),
                       errhint("Raise the hard limit on open files of the PostgreSQL server (LimitNOFILE in its "
-                              "systemd unit, or ulimit -Hn) by bunce.max_in_flight.")));
+                              "systemd unit, or ulimit -Hn) by twice bunce.max_in_flight.")));
     }
     return Min(max_in_flight, connection_room);
 }
