@@ -14,7 +14,9 @@ extern "C" {
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "access/xact.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
@@ -72,6 +74,16 @@ Datum validate_payload(const char *text, Datum original, CoreError &err) {
     return DirectFunctionCall1(jsonb_in, CStringGetDatum(changed ? normalised : text));
 }
 
+// The (sub)transaction in which refuse_event is writing a dead letter. (An ERROR leaves it
+// set, but only for a transaction that is then aborted: nothing else is written in it.)
+LocalTransactionId dead_letter_lxid = InvalidLocalTransactionId;
+SubTransactionId dead_letter_subxid = InvalidSubTransactionId;
+
+bool writing_dead_letter() {
+    return dead_letter_lxid != InvalidLocalTransactionId && dead_letter_lxid == MyProc->lxid &&
+           dead_letter_subxid == GetCurrentSubTransactionId();
+}
+
 // A refused event: an ERROR, or with bunce.on_invalid = dead_letter a row in
 // bunce.dead_letters and a WARNING, so the business write goes through. Returns the id.
 int64 refuse_event(const CoreError &err, const char *context, Datum event_id, bool event_null,
@@ -127,8 +139,11 @@ int64 refuse_event(const CoreError &err, const char *context, Datum event_id, bo
     (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
                             false);
     SPI_connect();
-    if (SPI_execute_with_args(sql, 3, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+    dead_letter_lxid = MyProc->lxid;
+    dead_letter_subxid = GetCurrentSubTransactionId();
+    if (SPI_execute_with_args(sql, 3, types, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
         elog(ERROR, "could not insert into bunce.dead_letters");
+    dead_letter_lxid = InvalidLocalTransactionId;
     bool isnull;
     int64 id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
     SPI_finish();

@@ -23,4 +23,8 @@ Datum validate_payload(const char *text, Datum original, CoreError &err);
 int64 refuse_event(const CoreError &err, const char *context, Datum event_id, bool event_null,
                    const char *payload_text);
 
+// Whether refuse_event is writing its dead letter now: a write of bunce's own, which the
+// trigger against replicated changes lets through (replicated.cpp).
+bool writing_dead_letter();
+
 }  // namespace bunce_pg

@@ -5,6 +5,8 @@
 // bunce writes its outbox without triggers). Else the subscriber would send the publisher's
 // events a second time, and the publisher's deletes of its delivered events, by id, would
 // delete the subscriber's own events of the same ids.
+#include "enqueue.hpp"
+
 extern "C" {
 #include "postgres.h"
 #include "commands/trigger.h"
@@ -27,8 +29,10 @@ Datum ignore_replicated(FunctionCallInfo fcinfo) {
                         errmsg("bunce.ignore_replicated() must be a BEFORE ROW trigger")));
     auto *trigdata = reinterpret_cast<TriggerData *>(fcinfo->context);
     // A change applied by a subscription (PostgreSQL's apply or table sync worker, or any
-    // replication tool that sets a replication origin) is dropped.
-    if (MyLogicalRepWorker != nullptr || replorigin_session_origin != InvalidRepOriginId)
+    // replication tool that sets a replication origin) is dropped; not a dead letter that
+    // bunce_trigger writes in such a session (a trigger of the subscriber's own that fires
+    // for replicated rows).
+    if ((MyLogicalRepWorker != nullptr || replorigin_session_origin != InvalidRepOriginId) && !writing_dead_letter())
         return PointerGetDatum(nullptr);
     return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple
                                                                        : trigdata->tg_trigtuple);

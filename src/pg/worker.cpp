@@ -421,6 +421,7 @@ void housekeeping(TimestampTz now) {
         release_claims(false);
         release_turns();
         recount_queue();
+        check_replica_triggers();
     }
     end();
     SpinLockAcquire(&shared->mutex);

@@ -598,6 +598,29 @@ void release_claims(bool all) {
              "Their rows in bunce.outbox are marked possible_duplicate; each request carries the same Idempotency-Key.")));
 }
 
+// The trigger that keeps a subscription's changes out of bunce's tables (replicated.cpp) works
+// only while it is enabled for replica sessions; ALTER TABLE ... ENABLE TRIGGER ALL (which a
+// data-only restore with --disable-triggers runs) sets it back to ordinary sessions. Said in
+// the log once, while this database has a subscription.
+void check_replica_triggers() {
+    static bool warned = false;
+    const int64 off = query_int(
+        "checking the triggers against replicated changes",
+        "SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_subscription WHERE subdbid = (SELECT oid FROM "
+        "pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) THEN 3 - (SELECT pg_catalog.count(*) "
+        "FROM pg_catalog.pg_trigger WHERE tgname = 'ignore_replicated' AND tgenabled IN ('R', 'A') AND tgrelid IN "
+        "('bunce.outbox'::pg_catalog.regclass, 'bunce.dead_letters'::pg_catalog.regclass, "
+        "'bunce.deliveries'::pg_catalog.regclass)) ELSE 0 END");
+    if (off > 0 && !warned)
+        ereport(WARNING,
+                (errmsg("bunce worker: a subscription of this database may apply other databases' events to bunce's "
+                        "tables: trigger ignore_replicated is not enabled for replica sessions on %lld of them",
+                        static_cast<long long>(off)),
+                 errhint("Run ALTER TABLE ... ENABLE REPLICA TRIGGER ignore_replicated on bunce.outbox, "
+                         "bunce.dead_letters and bunce.deliveries (ALTER TABLE ... ENABLE TRIGGER ALL resets it).")));
+    warned = off > 0;
+}
+
 // Between counts bunce.status.queued follows commits (counted at commit in this database) and
 // answers; a count corrects what those miss: COMMIT PREPARED, rows restored or written by
 // hand, DELETEs by hand.

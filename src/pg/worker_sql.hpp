@@ -57,6 +57,8 @@ int64 count_waiting_retry();
 void release_claims(bool all);
 // Makes parked events due whose key has nothing scheduled before them (see worker_sql.cpp).
 void release_turns();
+// Warns when a subscription could apply other databases' events here (see worker_sql.cpp).
+void check_replica_triggers();
 // Counts the queue for bunce.status.
 void recount_queue();
 // Deletes old rows of bunce.deliveries, at most every minute; 5000 at a time.

@@ -89,6 +89,26 @@ $subscriber->safe_psql('postgres',
 is($subscriber->safe_psql('postgres', 'SELECT count(*) FROM bunce.dead_letters WHERE id = -1'), '1',
 	'a session in replica mode that is not a subscription writes as usual');
 
+# A refused event written as a dead letter in a session with a replication origin (as a
+# subscriber's own ENABLE ALWAYS trigger would, for a replicated row) is bunce's own write:
+# kept, not dropped.
+$subscriber->safe_psql('postgres',
+	"SELECT pg_replication_origin_create('by_hand'); SELECT pg_replication_origin_session_setup('by_hand');\n"
+	  . $refused);
+is($subscriber->safe_psql('postgres', "SELECT count(*) FROM bunce.dead_letters WHERE message LIKE '%not a well-formed email%'"),
+	'2', 'a dead letter written by bunce_trigger in a session with a replication origin is kept');
+
+# ENABLE TRIGGER ALL (as a data-only restore with --disable-triggers runs) turns the trigger
+# back to ordinary sessions: with a subscription here, the worker says so.
+my $offset = log_offset($subscriber);
+$subscriber->safe_psql('postgres', 'ALTER TABLE bunce.outbox ENABLE TRIGGER ALL');
+ok( wait_for(
+		'the warning about the trigger',
+		sub { log_count($subscriber, qr/ignore_replicated is not enabled for replica sessions on 1 of them/, $offset) },
+		timeout => 20),
+	'the worker warns when the trigger is not enabled for replica sessions');
+$subscriber->safe_psql('postgres', 'ALTER TABLE bunce.outbox ENABLE REPLICA TRIGGER ignore_replicated');
+
 $subscriber->stop;
 $publisher->stop;
 $bunce->stop;
