@@ -171,15 +171,6 @@ Datum int8_array(const Datum *d, int n) {
     return PointerGetDatum(construct_array(const_cast<Datum *>(d), n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }
 
-// Whether the transaction has ended as `snap` sees it. (One more than 2^31 transactions
-// back has, whatever its 32-bit xid says now.)
-bool ended(FullTransactionId xid, Snapshot snap) {
-    const FullTransactionId next = ReadNextFullTransactionId();
-    if (!FullTransactionIdPrecedes(xid, next)) return false;
-    if (U64FromFullTransactionId(next) - U64FromFullTransactionId(xid) > MaxTransactionId / 2) return true;
-    return !XidInMVCCSnapshot(XidFromFullTransactionId(xid), snap);
-}
-
 int64 claim_rows(const ClaimRequest &req, ClaimSink sink, void *arg) {
     Datum due_args[] = {Int32GetDatum(req.max_events)};
     run(due_stmt, due_args, SPI_OK_UPDATE_RETURNING);
@@ -190,7 +181,7 @@ int64 claim_rows(const ClaimRequest &req, ClaimSink sink, void *arg) {
     Snapshot snap = RegisterSnapshot(GetTransactionSnapshot());
     int64 from = req.after_id + 1;
     for (int i = 0; i < req.n_open; i++)
-        if (ended(req.open_xids[i], snap)) from = Min(from, req.open_firsts[i]);
+        if (transaction_ended(req.open_xids[i], snap)) from = Min(from, req.open_firsts[i]);
     if (cap <= 0) {
         UnregisterSnapshot(snap);
         return from - 1;
@@ -297,6 +288,13 @@ int64 claim_rows(const ClaimRequest &req, ClaimSink sink, void *arg) {
 }
 
 }  // namespace
+
+bool transaction_ended(FullTransactionId xid, Snapshot snap) {
+    const FullTransactionId next = ReadNextFullTransactionId();
+    if (!FullTransactionIdPrecedes(xid, next)) return false;
+    if (U64FromFullTransactionId(next) - U64FromFullTransactionId(xid) > MaxTransactionId / 2) return true;
+    return !XidInMVCCSnapshot(XidFromFullTransactionId(xid), snap);
+}
 
 int64 claim(const ClaimRequest &req, ClaimSink sink, void *arg) {
     // The statements are kept as plans made when the outbox may have been nearly empty (or

@@ -6,6 +6,7 @@
 extern "C" {
 #include "postgres.h"
 #include "access/transam.h"
+#include "utils/snapshot.h"
 }
 
 namespace bunce_pg {
@@ -32,6 +33,10 @@ struct ClaimedRow {
     bool parked;
 };
 using ClaimSink = void (*)(const ClaimedRow &row, void *arg);
+
+// Whether the transaction has ended as `snap` sees it (one more than 2^31 transactions back
+// has, whatever its 32-bit xid says now).
+bool transaction_ended(FullTransactionId xid, Snapshot snap);
 
 // Claims due events and places new rows in id order, calling `sink` for each; inside a
 // transaction with SPI connected. Returns the id up to which every new row was placed:

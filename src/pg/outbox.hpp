@@ -58,9 +58,9 @@ void check_writable(const char *what);
 constexpr int kIdBlock = 64;
 
 // The next event id of this transaction: ids come from bunce.event_id_seq in blocks of
-// kIdBlock (its increment), each used within one transaction, so that an event enqueued by a transaction that
-// began after another committed has the larger id. The transaction is published as holding ids
-// (shmem.hpp, IdHolder) before it takes its first block.
+// kIdBlock (its increment), each used within one transaction, so that an event enqueued by a
+// transaction that began after another committed has the larger id. The transaction is
+// published as holding ids (shmem.hpp, IdHolder) before it takes its first block.
 int64 next_event_id(Oid seq);
 // At the end of the transaction (prepared: at PREPARE TRANSACTION, whose transaction goes on
 // holding its ids): this backend holds none any more.

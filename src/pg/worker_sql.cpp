@@ -58,14 +58,14 @@ void prepare(Statement &s, const char *sql, int nargs, Oid *types) {
 
 void prepare_statements() {
     if (delivered_stmt.plan) return;
-        // An answer is recorded on the row as it was claimed: same id, same idempotency key, same
-        // attempt. (An answer to a claim released since, or to an event of an extension dropped and
-        // created again, whose ids start over, changes nothing.) $1-$3 name the claims answered.
+    // An answer is recorded on the row as it was claimed: same id, same idempotency key, same
+    // attempt. (An answer to a claim released since, or to an event of an extension dropped and
+    // created again, whose ids start over, changes nothing.) $1-$3 name the claims answered.
+    Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
 #define ANSWERED                                                                     \
     "ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::integer[]), " \
     "pg_catalog.unnest($3::text[])"
 #define ANSWERED_ROW "o.id = a.id AND o.attempts = a.attempts AND o.idempotency_key = a.key::pg_catalog.uuid"
-    Oid del_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
     // Each statement that removes events returns their ordering keys (see promote()).
     prepare(delivered_stmt,
             "DELETE FROM bunce.outbox o USING " ANSWERED ") AS a(id, attempts, key) WHERE " ANSWERED_ROW
@@ -184,6 +184,14 @@ void add_dead(Batch *b, int64 id, int attempts, const char *key, int status, con
 // Returns how many became due.
 int parked_here = 0;  // events parked, as far as the worker knows (recounted every 5 s)
 
+// The next event of each key in `keys` (bigint[]) goes now if it waits for its turn.
+int promote_keys(Datum keys) {
+    Datum args[] = {keys};
+    run(promote_stmt, args, SPI_OK_UPDATE);
+    parked_here -= static_cast<int>(SPI_processed);
+    return static_cast<int>(SPI_processed);
+}
+
 int promote() {
     if (parked_here <= 0) return 0;  // (release_turns catches what a wrong count would miss)
     const int n = static_cast<int>(SPI_processed);
@@ -194,11 +202,7 @@ int promote() {
         const Datum k = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
         if (!isnull) keys[nkeys++] = k;
     }
-    if (nkeys == 0) return 0;
-    Datum args[] = {int8s(keys, nkeys)};
-    run(promote_stmt, args, SPI_OK_UPDATE);
-    parked_here -= static_cast<int>(SPI_processed);
-    return static_cast<int>(SPI_processed);
+    return nkeys == 0 ? 0 : promote_keys(int8s(keys, nkeys));
 }
 
 int write_dead(Batch *b) {
@@ -442,8 +446,7 @@ void advance_frontier(Snapshot snap, int64 covered, int64 sequence_end, bool kno
     if (covered >= scanned_to) {
         int kept = 0;
         for (int i = 0; i < n_open; i++)
-            if (XidInMVCCSnapshot(XidFromFullTransactionId(open_holders[i].xid), snap))
-                open_holders[kept++] = open_holders[i];
+            if (!transaction_ended(open_holders[i].xid, snap)) open_holders[kept++] = open_holders[i];
         n_open = kept;
     }
     if (known) scanned_to = Max(scanned_to, Min(covered, sequence_end));
@@ -541,25 +544,30 @@ int64 count_waiting_retry() {
 // NULL by hand, a change of bunce.ordering to none (then every parked event goes). Visits
 // each key once, through the key index.
 void release_turns() {
-    const char *sql =
-        ordering == ORDERING_NONE
-            ? "WITH r AS (UPDATE bunce.outbox SET next_attempt_at = pg_catalog.statement_timestamp() "
-              "WHERE scheduled AND next_attempt_at = 'infinity' AND sending_since IS NULL RETURNING 1) "
-              "SELECT pg_catalog.count(*) FROM r"
-            : "WITH RECURSIVE k(k) AS ("
-              "  (SELECT ordering_key FROM bunce.outbox WHERE scheduled AND ordering_key IS NOT NULL "
-              "   ORDER BY ordering_key LIMIT 1) "
-              "  UNION ALL "
-              "  SELECT (SELECT o.ordering_key FROM bunce.outbox o WHERE o.scheduled AND o.ordering_key > k.k "
-              "          ORDER BY o.ordering_key LIMIT 1) FROM k WHERE k.k IS NOT NULL), "
-              "first AS (SELECT (SELECT p.id FROM bunce.outbox p WHERE p.scheduled AND p.ordering_key = k.k "
-              "                  ORDER BY p.id LIMIT 1) AS id FROM k WHERE k.k IS NOT NULL), "
-              "keyless AS (SELECT id FROM bunce.outbox WHERE scheduled AND ordering_key IS NULL), "
-              "r AS (UPDATE bunce.outbox o SET next_attempt_at = pg_catalog.statement_timestamp() "
-              "      FROM (SELECT id FROM first UNION ALL SELECT id FROM keyless) f "
-              "      WHERE o.id = f.id AND o.next_attempt_at = 'infinity' AND o.sending_since IS NULL RETURNING 1) "
-              "SELECT pg_catalog.count(*) FROM r";
-    query_int("releasing parked events", sql);
+    if (ordering == ORDERING_NONE) {
+        query_int("releasing parked events",
+                  "WITH r AS (UPDATE bunce.outbox SET next_attempt_at = pg_catalog.statement_timestamp() "
+                  "WHERE scheduled AND next_attempt_at = 'infinity' AND sending_since IS NULL RETURNING 1) "
+                  "SELECT pg_catalog.count(*) FROM r");
+        return;
+    }
+    if (SPI_execute("WITH RECURSIVE k(k) AS ("
+                    "  (SELECT ordering_key FROM bunce.outbox WHERE scheduled AND ordering_key IS NOT NULL "
+                    "   ORDER BY ordering_key LIMIT 1) "
+                    "  UNION ALL "
+                    "  SELECT (SELECT o.ordering_key FROM bunce.outbox o WHERE o.scheduled AND o.ordering_key > k.k "
+                    "          ORDER BY o.ordering_key LIMIT 1) FROM k WHERE k.k IS NOT NULL) "
+                    "SELECT pg_catalog.array_agg(k) FROM k WHERE k IS NOT NULL",
+                    false, 0) != SPI_OK_SELECT ||
+        SPI_processed != 1)
+        elog(ERROR, "bunce worker: finding the customers with events scheduled failed");
+    bool isnull;
+    const Datum keys = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    if (!isnull) promote_keys(keys);
+    query_int("releasing parked events without a customer",
+              "WITH r AS (UPDATE bunce.outbox SET next_attempt_at = pg_catalog.statement_timestamp() "
+              "WHERE scheduled AND ordering_key IS NULL AND next_attempt_at = 'infinity' AND sending_since IS NULL "
+              "RETURNING 1) SELECT pg_catalog.count(*) FROM r");
 }
 
 // At start-up all claims (what a crash or a stop left behind); later those older than a

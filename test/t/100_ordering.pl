@@ -189,6 +189,30 @@ check_order('kill -9 mid-drain', lived());
 my $dups = $bunce->stats->{duplicates};
 cmp_ok($dups, '<=', 32, "kill: at most max_in_flight events sent twice ($dups)");
 
+# ---- an event deleted by hand: the next one of its customer gets its turn anyway --------------
+# c6's first event is answered 503 with Retry-After 600 s, so it waits for its retry and its
+# second is parked behind it. Deleted by hand, the first is never answered again: the worker
+# gives the second its turn within its 5 s round (release_turns), not at an answer.
+
+$bunce->reset;
+$bunce->script([ { status => 503, retry_after => 600 } ], customer => 'c6');
+$node->safe_psql('postgres', 'UPDATE lived SET n = 0');
+$node->safe_psql('postgres', join '', map {
+		"BEGIN; SELECT bunce_trigger('$EVENT_ID', jsonb_build_object('customer', jsonb_build_object('customer_id', 'c6'), 'n', next_n(6), 'k', 6)); COMMIT;\n"
+	} 1 .. 2);
+ok( wait_sql(
+		$node,
+		"SELECT string_agg(payload ->> 'n' || ':' || (next_attempt_at = 'infinity'), ' ' ORDER BY id) "
+		  . "FROM bunce.outbox WHERE sending_since IS NULL AND attempts <= 1",
+		'1:false 2:true'),
+	'by hand: c6\'s first event waits for its retry, its second for its turn')
+  or show_state($node, $bunce, 'c6 parked');
+$node->safe_psql('postgres', "DELETE FROM bunce.outbox WHERE payload ->> 'n' = '1'");
+ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0', timeout => 20),
+	'by hand: with the first deleted, the second is delivered');
+is_deeply([ map { $_->{json}{payload}{n} . ':' . $_->{status} } @{ $bunce->requests_of('c6') } ],
+	[ '1:503', '2:200' ], 'by hand: c6 saw its first event once (refused), then its second');
+
 # ---- bunce.ordering = none: today's parallel sending -------------------------------------------
 
 $bunce->reset;
