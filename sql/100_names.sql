@@ -56,3 +56,7 @@ SET bunce.rate_limt = 10;
 -- Server-wide settings cannot be changed per session.
 SET bunce.rate_limit = 10;
 SET bunce.database = 'other';
+-- bunce.database is a list of names; one that does not parse is refused.
+ALTER SYSTEM SET bunce.database = 'shop,,billing';
+ALTER SYSTEM SET bunce.database = 'shop, billing, shop';
+ALTER SYSTEM SET bunce.database = '"shop';

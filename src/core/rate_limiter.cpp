@@ -1,41 +1,61 @@
 #include "rate_limiter.hpp"
 
 #include <algorithm>
+#include <iterator>
 
 namespace bunce {
 
+RateLimiter::RateLimiter(int per_minute) {
+    std::fill(std::begin(sent_), std::end(sent_), INT64_MIN / 2);
+    std::fill(std::begin(served_at_), std::end(served_at_), 0);
+    std::fill(std::begin(backlogged_), std::end(backlogged_), false);
+    set_limit(per_minute);
+}
+
 void RateLimiter::set_limit(int per_minute) {
-    if (per_minute == limit_) return;
     limit_ = std::max(per_minute, 0);
     spacing_us_ = limit_ > 0 ? kWindowUs / limit_ : 0;
-    // Keep the history we have, newest first, so a change of limit cannot open a burst.
-    std::vector<int64_t> history;
-    for (size_t i = 0; i < sent_.size(); i++) history.push_back(sent_[(next_ + sent_.size() - 1 - i) % sent_.size()]);
-    sent_.assign(static_cast<size_t>(limit_), INT64_MIN / 2);
-    next_ = 0;
-    for (size_t i = std::min(history.size(), sent_.size()); i-- > 0;) {
-        sent_[next_] = history[i];
-        next_ = (next_ + 1) % sent_.size();
-    }
 }
 
-int64_t RateLimiter::wait_us(int64_t now) const {
+int64_t RateLimiter::wait_us(int64_t now, int sender) const {
     if (limit_ == 0) return 0;
-    const int64_t at = std::max(last_us_ + spacing_us_, sent_[next_] + kWindowUs);
-    return std::max<int64_t>(at - now, 0);
+    int64_t at = last_us_ + spacing_us_;
+    if (limit_ <= kHistory) at = std::max(at, sent_[(next_ + kHistory - limit_) % kHistory] + kWindowUs);
+    if (at > now) return at - now;
+    // The turn is first for the backlogged sender served longest ago, for a moment.
+    const int64_t hold = spacing_us_ / 2;
+    if (now >= at + hold) return 0;
+    for (int s = 0; s < kMaxSenders; s++)
+        if (s != sender && backlogged_[s] && served_at_[s] < served_at_[sender]) return at + hold - now;
+    return 0;
 }
 
-void RateLimiter::record(int64_t now) {
+void RateLimiter::record(int64_t now, int sender) {
     // Within one spacing of its grid time the request keeps the grid; after a pause, a new
     // grid starts at it.
     last_us_ = now - (last_us_ + spacing_us_) < spacing_us_ ? last_us_ + spacing_us_ : now;
-    if (limit_ == 0) return;
     sent_[next_] = now;
-    next_ = (next_ + 1) % sent_.size();
+    next_ = (next_ + 1) % kHistory;
+    served_at_[sender] = ++turns_;
 }
 
-int RateLimiter::sent_last_minute(int64_t now) const {
-    return static_cast<int>(std::count_if(sent_.begin(), sent_.end(), [&](int64_t t) { return t > now - 60'000'000; }));
+int64_t RateLimiter::take(int64_t now, int sender) {
+    const int64_t wait = wait_us(now, sender);
+    if (wait > 0) return wait;
+    taken_ = {turns_ + 1, served_at_[sender], last_us_, sent_[next_]};
+    record(now, sender);
+    return 0;
 }
+
+void RateLimiter::give_back(int sender) {
+    if (turns_ != taken_.turn || served_at_[sender] != taken_.turn) return;
+    turns_--;
+    last_us_ = taken_.last_us;
+    next_ = (next_ + kHistory - 1) % kHistory;
+    sent_[next_] = taken_.sent;
+    served_at_[sender] = taken_.served_at;
+}
+
+void RateLimiter::set_backlogged(int sender, bool backlogged) { backlogged_[sender] = backlogged; }
 
 }  // namespace bunce

@@ -1,4 +1,4 @@
-// Module entry: _PG_init (settings, commit hooks, shared memory, the worker) and
+// Module entry: _PG_init (settings, commit hooks, shared memory, the launcher) and
 // bunce.worker_state(), the row behind bunce.status.
 #include <cstring>
 
@@ -89,11 +89,18 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
         PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
     }
 
-    Shared s;
-    SpinLockAcquire(&shared->mutex);
-    memcpy(&s, shared, sizeof s);
-    SpinLockRelease(&shared->mutex);
-    const uint64 committed = pg_atomic_read_u64(&shared->committed);
+    // This database's worker. A database bunce.database does not list has none.
+    WorkerSlot *slot = slot_of_database(MyDatabaseId);
+    if (!slot) {
+        set(STATUS_STATE, CStringGetTextDatum(RecoveryInProgress() ? "standby" : "stopped"));
+        set(STATUS_PAUSED_REASON, CStringGetTextDatum("bunce.database does not list this database"));
+        PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+    }
+    WorkerSlot s;
+    SpinLockAcquire(&slot->mutex);
+    memcpy(&s, slot, sizeof s);
+    SpinLockRelease(&slot->mutex);
+    const uint64 committed = pg_atomic_read_u64(&slot->committed);
 
     const char *state = RecoveryInProgress() ? "standby" : state_name(s.state);
     const int64 minute = GetCurrentTimestamp() / USECS_PER_MINUTE;
@@ -107,7 +114,8 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
     const bool alive = s.pid != 0;
     set(STATUS_STATE, CStringGetTextDatum(state));
     if (alive) set(STATUS_PID, Int32GetDatum(s.pid));
-    if (s.state == WORKER_PAUSED || s.state == WORKER_DISABLED || s.state == WORKER_WAITING_EXTENSION) {
+    if (s.state == WORKER_PAUSED || s.state == WORKER_DISABLED || s.state == WORKER_WAITING_EXTENSION ||
+        (s.state == WORKER_STOPPED && s.paused_reason[0])) {
         set(STATUS_PAUSED_REASON, CStringGetTextDatum(s.paused_reason));
         if (s.paused_until) set(STATUS_PAUSED_UNTIL, TimestampTzGetDatum(s.paused_until));
     }
@@ -143,7 +151,7 @@ void _PG_init(void) {
     bunce_pg::register_commit_hooks();
     if (!process_shared_preload_libraries_in_progress) return;  // no worker, enqueue only
     bunce_pg::install_shmem_hooks();
-    bunce_pg::register_worker();
+    bunce_pg::register_launcher();
 }
 
 Datum bunce_worker_state(PG_FUNCTION_ARGS) { return bunce_pg::worker_state_row(fcinfo); }

@@ -22,6 +22,23 @@ PG_FUNCTION_INFO_V1(bunce_notify_enqueued);
 namespace bunce_pg {
 namespace {
 
+// The slot of this database's worker, looked up again only when the launcher gave it away.
+WorkerSlot *served_slot() {
+    static WorkerSlot *slot = nullptr;
+    if (!slot || pg_atomic_read_u32(&slot->database_id) != MyDatabaseId) slot = slot_of_database(MyDatabaseId);
+    return slot;
+}
+
+// Sets the worker's latch, once until its next claim: under a stream of commits a signal
+// per commit would cost more than the insert itself.
+void wake_worker(WorkerSlot *slot) {
+    if (pg_atomic_read_u32(&slot->work_signalled) || pg_atomic_exchange_u32(&slot->work_signalled, 1)) return;
+    SpinLockAcquire(&slot->mutex);
+    Latch *latch = slot->worker_latch;
+    SpinLockRelease(&slot->mutex);
+    if (latch) SetLatch(latch);
+}
+
 int64 xact_enqueued = 0;
 int64 *sub_saved = nullptr;  // xact_enqueued at the start of each open subtransaction
 int sub_depth = 0;
@@ -32,9 +49,11 @@ void xact_callback(XactEvent event, void *) {
     if (event == XACT_EVENT_PRE_PREPARE) release_ids(true);
     if (event == XACT_EVENT_ABORT) forget_row_writer();
     if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT) release_ids(false);
-    if (event == XACT_EVENT_COMMIT && xact_enqueued > 0 && shared && MyDatabaseId == shared->database_id) {
-        pg_atomic_fetch_add_u64(&shared->committed, static_cast<uint64>(xact_enqueued));
-        wake_worker();
+    if (event == XACT_EVENT_COMMIT && xact_enqueued > 0) {
+        if (WorkerSlot *slot = served_slot()) {
+            pg_atomic_fetch_add_u64(&slot->committed, static_cast<uint64>(xact_enqueued));
+            wake_worker(slot);
+        }
     }
     if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
         event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT) {
@@ -87,16 +106,6 @@ void register_commit_hooks() {
 }
 
 void note_enqueued(int64 n) { xact_enqueued += n; }
-
-// Sets the worker's latch, once until its next claim: under a stream of commits a signal
-// per commit would cost more than the insert itself.
-void wake_worker() {
-    if (pg_atomic_read_u32(&shared->work_signalled) || pg_atomic_exchange_u32(&shared->work_signalled, 1)) return;
-    SpinLockAcquire(&shared->mutex);
-    Latch *latch = shared->worker_latch;
-    SpinLockRelease(&shared->mutex);
-    if (latch) SetLatch(latch);
-}
 
 }  // namespace bunce_pg
 

@@ -12,7 +12,5 @@ namespace bunce_pg {
 void register_commit_hooks();
 // Counts events enqueued by the current transaction.
 void note_enqueued(int64 n);
-// Sets the worker's latch (once until its next claim).
-void wake_worker();
 
 }  // namespace bunce_pg

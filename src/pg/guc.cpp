@@ -10,6 +10,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <string>
+#include <vector>
+
+#include "database_list.hpp"
+#include "guard.hpp"
 #include "settings.hpp"
 
 extern "C" {
@@ -87,9 +92,38 @@ const struct config_enum_entry ordering_options[] = {
     {nullptr, 0, false},
 };
 
+// bunce.database must parse; the launcher and check_served_database() read it again.
+bool check_database(char **newval, void **, GucSource) {
+    DatabaseList list;
+    char problem[256];
+    if (parse_databases(*newval, &list, problem, sizeof problem)) return true;
+    problem[0] = pg_toupper(static_cast<unsigned char>(problem[0]));  // a sentence
+    GUC_check_errdetail("%s.", problem);
+    GUC_check_errhint("List database names, separated by commas; double-quote a name that holds a comma.");
+    return false;
+}
+
 char file_key[1024];  // the key read from bunce.api_key_file by load_api_key()
 
 }  // namespace
+
+bool parse_databases(const char *text, DatabaseList *out, char *problem, size_t size) {
+    CoreError err;
+    bool ok = false;
+    const bool ran = guarded(err, [&] {
+        std::vector<std::string> names;
+        std::string why;
+        ok = bunce::parse_database_list(text, kMaxDatabases, NAMEDATALEN - 1, names, why);
+        if (!ok) {
+            strlcpy(problem, why.c_str(), size);
+            return;
+        }
+        out->count = static_cast<int>(names.size());
+        for (size_t i = 0; i < names.size(); i++) strlcpy(out->names[i], names[i].c_str(), NAMEDATALEN);
+    });
+    if (!ran) strlcpy(problem, err.message, size);
+    return ran && ok;
+}
 
 const char *api_key() { return api_key_file[0] ? file_key : real_api_key; }
 
@@ -143,11 +177,9 @@ bool load_api_key(char *problem, size_t size) {
 }
 
 void define_gucs() {
-    // Without shared_preload_libraries there is no worker, and PostgreSQL allows no
-    // PGC_POSTMASTER setting to be defined after start-up (a FATAL): enqueueing still works.
-    DefineCustomStringVariable(
-        "bunce.database", "Database whose bunce.outbox the delivery worker drains.", nullptr, &database, "postgres",
-        process_shared_preload_libraries_in_progress ? PGC_POSTMASTER : PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
+    DefineCustomStringVariable("bunce.database", "Databases whose bunce.outbox is delivered, one worker each.",
+                               "A comma-separated list; the workers share bunce.rate_limit.", &database, "postgres",
+                               PGC_SIGHUP, GUC_LIST_INPUT, check_database, nullptr, nullptr);
     DefineCustomStringVariable("bunce.api_url", "Base URL of the Bunce API (events go to <api_url>/events/trigger).",
                                "https://, or plain http:// to a loopback address only.", &api_url,
                                "https://api.bunce.so/v1", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);

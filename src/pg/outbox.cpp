@@ -81,21 +81,29 @@ Oid bunce_namespace() {
     return nsp;
 }
 
-// The worker delivers the outbox of bunce.database only: an event enqueued in another database
-// would wait there for ever. (Without shared_preload_libraries there is no worker at all, and
-// bunce.status says so.)
+// Workers deliver the outboxes of the databases of bunce.database only: an event enqueued in
+// another database would wait there for ever. (Without shared_preload_libraries there is no
+// worker at all, and bunce.status says so.)
 void check_served_database() {
-    static bool served = false;  // cannot change: bunce.database takes a restart
-    if (served || !shared) return;
-    const char *here = get_database_name(MyDatabaseId);
-    if (here && strcmp(here, database) == 0) {
-        served = true;
-        return;
+    static char *checked = nullptr;  // the bunce.database value `served` was found for
+    static bool served = false;
+    if (!shared) return;
+    if (!checked || strcmp(checked, database) != 0) {
+        DatabaseList list;
+        char problem[256];
+        const char *here = get_database_name(MyDatabaseId);
+        served = false;
+        if (here && parse_databases(database, &list, problem, sizeof problem))
+            for (int i = 0; i < list.count && !served; i++) served = strcmp(list.names[i], here) == 0;
+        if (checked) pfree(checked);
+        checked = MemoryContextStrdup(TopMemoryContext, database);
     }
+    if (served) return;
+    const char *here = get_database_name(MyDatabaseId);
     ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                    errmsg("bunce delivers the events of database \"%s\", not of \"%s\"", database, here ? here : "?"),
-                    errhint("Enqueue in database \"%s\", or set bunce.database = '%s' and restart the server.",
-                            database, here ? here : "?")));
+                    errmsg("bunce does not deliver the events of database \"%s\"", here ? here : "?"),
+                    errdetail("bunce.database is \"%s\".", database),
+                    errhint("Enqueue in a database that bunce.database lists, or add this one to it and reload.")));
 }
 
 void check_writable(const char *what) {

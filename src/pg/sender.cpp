@@ -9,7 +9,6 @@
 
 #include "guard.hpp"
 #include "http_sender.hpp"
-#include "rate_limiter.hpp"
 #include "sender.hpp"
 #include "settings.hpp"
 
@@ -25,7 +24,6 @@ namespace {
 
 struct Delivery {
     bunce::HttpSender sender;
-    bunce::RateLimiter limiter;
     std::vector<bunce::HttpRequest> staged;  // claimed, sent once the claim has committed
     // Claimed or in flight, by outbox id: which claim of which event (an answer is recorded
     // only on the row as it was claimed).
@@ -68,7 +66,6 @@ void sender_configure() {
         o.proxy = https_proxy ? https_proxy : "";
         o.timeout_ms = request_timeout_ms;
         delivery->sender.configure(o);
-        delivery->limiter.set_limit(rate_limit);
     }));
 }
 
@@ -90,11 +87,7 @@ void sender_stage(int64 id, int attempts, const char *event_id, const char *payl
 
 void sender_submit_staged() {
     check(guarded(cpp_error, [] {
-        const int64_t now = bunce::monotonic_us();
-        for (auto &r : delivery->staged) {
-            delivery->sender.submit(std::move(r));
-            delivery->limiter.record(now);
-        }
+        for (auto &r : delivery->staged) delivery->sender.submit(std::move(r));
         delivery->staged.clear();
     }));
 }
@@ -170,7 +163,6 @@ void sender_abandon_all() {
 }
 
 int sender_in_flight() { return static_cast<int>(delivery->sender.in_flight()); }
-int64 sender_limiter_wait_us() { return delivery->limiter.wait_us(bunce::monotonic_us()); }
 
 Datum sender_held_ids() {
     Datum *ids = nullptr;

@@ -1,4 +1,4 @@
-// The worker's C++ side (sender.cpp): libcurl sender, rate limiter, what is in flight. Each
+// The worker's C++ side (sender.cpp): libcurl sender, what is in flight. Each
 // function runs its C++ inside guarded() and raises the ERROR afterwards, so callers only
 // ever see plain palloc'd data.
 #pragma once
@@ -24,7 +24,7 @@ struct Answer {
 };
 
 void sender_start();
-// Applies the settings (URL, key, timeouts, proxy, rate limit); after each reload.
+// Applies the settings (URL, key, timeouts, proxy); after each reload.
 void sender_configure();
 // A claimed event's request, sent by sender_submit_staged() once the claim has committed.
 void sender_stage(int64 id, int attempts, const char *event_id, const char *payload, const char *key);
@@ -40,7 +40,6 @@ void sender_on_timeout();
 // away or changed; the rows stay claimed and are released when delivery starts again).
 void sender_abandon_all();
 int sender_in_flight();
-int64 sender_limiter_wait_us();
 // The outbox ids of the requests claimed or in flight, as a bigint[].
 Datum sender_held_ids();
 

@@ -26,6 +26,14 @@ extern int max_payload_size;  // bytes of payload JSON text
 
 void define_gucs();
 
+// bunce.database, parsed (see database_list.hpp). False with the reason when it does not parse.
+constexpr int kMaxDatabases = 64;
+struct DatabaseList {
+    int count;
+    char names[kMaxDatabases][NAMEDATALEN];
+};
+bool parse_databases(const char *text, DatabaseList *out, char *problem, size_t size);
+
 // The key in use: from bunce.api_key_file when that is set (after load_api_key), else
 // bunce.api_key (the GUC itself only ever holds a mask, see guc.cpp).
 const char *api_key();

@@ -1,5 +1,7 @@
 // The shared memory segment: one Shared struct, made at server start.
 #include <cstring>
+#include <cstddef>
+#include <new>
 
 #include "shmem.hpp"
 
@@ -14,6 +16,8 @@ extern "C" {
 namespace bunce_pg {
 
 Shared *shared = nullptr;
+WorkerSlot *my_slot = nullptr;
+int my_slot_index = -1;
 IdHolder *id_holders = nullptr;
 int n_backend_holders = 0, n_prepared_holders = 0;
 
@@ -34,11 +38,16 @@ void shmem_startup() {
     bool found;
     shared = static_cast<Shared *>(ShmemInitStruct("bunce", sizeof(Shared), &found));
     if (!found) {
-        memset(shared, 0, sizeof(Shared));
+        memset(static_cast<void *>(shared), 0, sizeof(Shared));
         SpinLockInit(&shared->mutex);
-        pg_atomic_init_u64(&shared->committed, 0);
-        pg_atomic_init_u32(&shared->work_signalled, 0);
-        shared->state = WORKER_STOPPED;
+        new (&shared->limiter) bunce::RateLimiter();
+        for (WorkerSlot &w : shared->workers) {
+            SpinLockInit(&w.mutex);
+            pg_atomic_init_u32(&w.database_id, InvalidOid);
+            pg_atomic_init_u64(&w.committed, 0);
+            pg_atomic_init_u32(&w.work_signalled, 0);
+            w.state = WORKER_STOPPED;
+        }
     }
     n_backend_holders = MaxBackends;
     n_prepared_holders = max_prepared_xacts;
@@ -52,6 +61,29 @@ void shmem_startup() {
 }
 
 }  // namespace
+
+// A backend may still be looking at the slot it found a moment ago: the slot is emptied under
+// its lock, never re-initialised.
+void init_slot(WorkerSlot *slot, Oid database, const char *name) {
+    constexpr size_t kFrom = offsetof(WorkerSlot, database);
+    pg_atomic_write_u32(&slot->database_id, InvalidOid);
+    SpinLockAcquire(&slot->mutex);
+    memset(reinterpret_cast<char *>(slot) + kFrom, 0, sizeof *slot - kFrom);
+    slot->state = WORKER_STOPPED;
+    strlcpy(slot->database, name, sizeof slot->database);
+    SpinLockRelease(&slot->mutex);
+    pg_atomic_write_u64(&slot->committed, 0);
+    pg_atomic_write_u32(&slot->work_signalled, 0);
+    pg_write_barrier();
+    pg_atomic_write_u32(&slot->database_id, database);
+}
+
+WorkerSlot *slot_of_database(Oid database) {
+    if (!shared || !OidIsValid(database)) return nullptr;
+    for (WorkerSlot &w : shared->workers)
+        if (pg_atomic_read_u32(&w.database_id) == database) return &w;
+    return nullptr;
+}
 
 void install_shmem_hooks() {
     prev_shmem_request_hook = shmem_request_hook;

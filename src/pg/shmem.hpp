@@ -1,6 +1,10 @@
-// Shared memory (shmem.cpp): how backends wake the worker, and what bunce.status shows.
-// Null when bunce is not in shared_preload_libraries (then there is no worker).
+// Shared memory (shmem.cpp): the workers of the databases served, how backends wake them,
+// what bunce.status shows, and the rate limit they share. Null when bunce is not in
+// shared_preload_libraries (then there is no worker).
 #pragma once
+
+#include "rate_limiter.hpp"
+#include "settings.hpp"
 
 extern "C" {
 #include "postgres.h"
@@ -22,12 +26,16 @@ enum WorkerState {
     WORKER_DISABLED
 };
 
-struct Shared {
+// One database served: its worker and what bunce.status shows there. The launcher gives a
+// slot to each database of bunce.database and takes it back when the database leaves the list.
+struct WorkerSlot {
     slock_t mutex;                    // protects everything below that is not atomic
-    Latch *worker_latch;              // set while the worker runs
-    Oid database_id;                  // the database the worker serves, once it has connected
+    pg_atomic_uint32 database_id;     // InvalidOid: the slot is free (written by the launcher)
     pg_atomic_uint64 committed;       // events enqueued by committed transactions, ever
     pg_atomic_uint32 work_signalled;  // 1: the worker was told of new work and has not claimed since
+    // From here on: emptied when the slot is given to a database (init_slot).
+    char database[NAMEDATALEN];
+    Latch *worker_latch;  // set while the worker runs
     int pid;
     WorkerState state;
     char paused_reason[128];
@@ -52,7 +60,24 @@ struct Shared {
     char last_error[256];
     TimestampTz last_error_at;
 };
+
+static_assert(kMaxDatabases <= bunce::RateLimiter::kMaxSenders, "a limiter turn for each database's worker");
+
+struct Shared {
+    slock_t mutex;  // protects the limiter, the launcher's latch and the prepared id holders
+    Latch *launcher_latch;
+    bunce::RateLimiter limiter;  // bunce.rate_limit, for the whole cluster (Bunce limits per IP)
+    WorkerSlot workers[kMaxDatabases];
+};
 extern Shared *shared;
+extern WorkerSlot *my_slot;  // in a worker: the slot of its database
+extern int my_slot_index;
+
+// The slot of a database, or nullptr when it is not served.
+WorkerSlot *slot_of_database(Oid database);
+// Gives a free slot to a database, emptied (the launcher, before the worker starts); InvalidOid
+// frees it.
+void init_slot(WorkerSlot *slot, Oid database, const char *name);
 
 // Which transactions hold event ids they may still commit (see worker_sql.cpp, "new rows"):
 // one slot per backend, and one per prepared transaction. first is the first id of the

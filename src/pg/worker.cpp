@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "guard.hpp"
+#include "http_sender.hpp"
 #include "policy.hpp"
 #include "sender.hpp"
 #include "settings.hpp"
@@ -61,6 +62,7 @@ struct Round {
     bool may_send;
     int slots;
     int64 limiter_us;  // > 0: the rate limiter holds the next request this long
+    bool took_turn;    // the rate limiter counted a request: given back if none is sent
 };
 
 // SIGTERM between rounds lets requests in flight finish briefly (see stop_if_done). Inside a
@@ -82,12 +84,12 @@ void handle_sigterm(SIGNAL_ARGS) {
  */
 // Returns whether the state or its reason changed.
 bool set_state(WorkerState state, const char *reason, TimestampTz until) {
-    SpinLockAcquire(&shared->mutex);
-    const bool changed = shared->state != state || strcmp(shared->paused_reason, reason ? reason : "") != 0;
-    shared->state = state;
-    strlcpy(shared->paused_reason, reason ? reason : "", sizeof shared->paused_reason);
-    shared->paused_until = until;
-    SpinLockRelease(&shared->mutex);
+    SpinLockAcquire(&my_slot->mutex);
+    const bool changed = my_slot->state != state || strcmp(my_slot->paused_reason, reason ? reason : "") != 0;
+    my_slot->state = state;
+    strlcpy(my_slot->paused_reason, reason ? reason : "", sizeof my_slot->paused_reason);
+    my_slot->paused_until = until;
+    SpinLockRelease(&my_slot->mutex);
     if (!changed) return false;
     if (state == WORKER_RUNNING)
         ereport(LOG, (errmsg("bunce worker: delivering events")));
@@ -125,35 +127,38 @@ void publish(const Recorded &r, int oversize) {
     const TimestampTz now = GetCurrentTimestamp();
     const int64 minute = now / USECS_PER_MINUTE;
     const int b = static_cast<int>(minute % 60);
-    SpinLockAcquire(&shared->mutex);
-    if (shared->bucket_minute[b] != minute) {
-        shared->bucket_minute[b] = minute;
-        shared->bucket_delivered[b] = 0;
-        shared->bucket_failed[b] = 0;
+    SpinLockAcquire(&my_slot->mutex);
+    if (my_slot->bucket_minute[b] != minute) {
+        my_slot->bucket_minute[b] = minute;
+        my_slot->bucket_delivered[b] = 0;
+        my_slot->bucket_failed[b] = 0;
     }
-    shared->bucket_delivered[b] += delivered;
-    shared->bucket_failed[b] += dead;
-    shared->delivered += delivered;
-    shared->failed += dead;
-    shared->queued_base -= delivered + dead;
-    if (delivered) shared->last_success_at = now;
+    my_slot->bucket_delivered[b] += delivered;
+    my_slot->bucket_failed[b] += dead;
+    my_slot->delivered += delivered;
+    my_slot->failed += dead;
+    my_slot->queued_base -= delivered + dead;
+    if (delivered) my_slot->last_success_at = now;
     if (r.last_error) {
-        shared->last_error_status = r.last_error->status;
-        strlcpy(shared->last_error, r.last_error->message, sizeof shared->last_error);
-        shared->last_error_at = now;
+        my_slot->last_error_status = r.last_error->status;
+        strlcpy(my_slot->last_error, r.last_error->message, sizeof my_slot->last_error);
+        my_slot->last_error_at = now;
     }
-    shared->in_flight = sender_in_flight();
-    shared->requests_last_minute = requests_last_minute();
-    SpinLockRelease(&shared->mutex);
+    my_slot->in_flight = sender_in_flight();
+    my_slot->requests_last_minute = requests_last_minute();
+    SpinLockRelease(&my_slot->mutex);
 }
 
 void worker_exit(int, Datum) {
     SpinLockAcquire(&shared->mutex);
-    shared->worker_latch = nullptr;
-    shared->pid = 0;
-    shared->state = WORKER_STOPPED;
-    shared->in_flight = 0;
+    shared->limiter.set_backlogged(my_slot_index, false);
     SpinLockRelease(&shared->mutex);
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->worker_latch = nullptr;
+    my_slot->pid = 0;
+    my_slot->state = WORKER_STOPPED;
+    my_slot->in_flight = 0;
+    SpinLockRelease(&my_slot->mutex);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -235,6 +240,19 @@ int in_flight_limit() {
     return Min(max_in_flight, connection_room);
 }
 
+// bunce.rate_limit is the cluster's (every worker sets the same value).
+void configure_limiter() {
+    SpinLockAcquire(&shared->mutex);
+    shared->limiter.set_limit(rate_limit);
+    SpinLockRelease(&shared->mutex);
+}
+
+void give_back_turn() {
+    SpinLockAcquire(&shared->mutex);
+    shared->limiter.give_back(my_slot_index);
+    SpinLockRelease(&shared->mutex);
+}
+
 // (Re-)reads bunce.api_key_file; what stops it stops delivery (see config_problem).
 void reload_api_key() {
     if (load_api_key(key_problem, sizeof key_problem)) key_problem[0] = '\0';
@@ -277,6 +295,7 @@ void reload() {
     ProcessConfigFile(PGC_SIGHUP);
     reload_api_key();
     sender_configure();
+    configure_limiter();
     if (old_key != key_fingerprint() && pause.auth_backoff_s) {
         pause.until_us = 0;
         pause.auth_backoff_s = 0;
@@ -291,9 +310,9 @@ void lose_extension() {
     extension_ready = false;
     stop_delivering();
     sender_abandon_all();
-    SpinLockAcquire(&shared->mutex);
-    shared->in_flight = 0;
-    SpinLockRelease(&shared->mutex);
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->in_flight = 0;
+    SpinLockRelease(&my_slot->mutex);
 }
 
 // True once the extension exists here at a version this library works with; on first sight
@@ -336,11 +355,17 @@ Round decide_state(TimestampTz now) {
         set_state(WORKER_PAUSED, pause.reason.c_str(), pause.until_us);
     else
         set_state(WORKER_RUNNING, nullptr, 0);
-    Round r{!stop_requested && enabled && !problem && !pause.until_us, 0, 0};
+    Round r{!stop_requested && enabled && !problem && !pause.until_us, 0, 0, false};
     r.slots = r.may_send ? in_flight_limit() - sender_in_flight() : 0;
-    if (r.slots > 0 && rate_limit > 0) {
-        r.limiter_us = sender_limiter_wait_us();
-        r.slots = r.limiter_us == 0 ? 1 : 0;  // evenly spaced: one at a time when limited
+    if (rate_limit > 0) {
+        // Evenly spaced, one at a time, in turns with the workers of other databases.
+        const bool wants = r.slots > 0 && look_for_work;
+        SpinLockAcquire(&shared->mutex);
+        shared->limiter.set_backlogged(my_slot_index, wants);
+        if (wants) r.limiter_us = shared->limiter.take(bunce::monotonic_us(), my_slot_index);
+        SpinLockRelease(&shared->mutex);
+        r.took_turn = wants && r.limiter_us == 0;
+        r.slots = r.took_turn ? 1 : 0;
     }
     return r;
 }
@@ -354,7 +379,7 @@ int exchange(const Round &round) {
     if (nanswers == 0 && !claiming) return 0;
     if (claiming) {
         // Before the claim's snapshot: a commit from here on must signal again.
-        pg_atomic_write_u32(&shared->work_signalled, 0);
+        pg_atomic_write_u32(&my_slot->work_signalled, 0);
         pg_memory_barrier();
     }
     begin("bunce: recording answers and claiming events");
@@ -387,16 +412,16 @@ void submit(int staged) {
     if (staged == 0) return;
     sender_submit_staged();
     count_requests(staged);
-    SpinLockAcquire(&shared->mutex);
-    shared->in_flight = sender_in_flight();
-    shared->requests_last_minute = requests_last_minute();
-    SpinLockRelease(&shared->mutex);
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->in_flight = sender_in_flight();
+    my_slot->requests_last_minute = requests_last_minute();
+    SpinLockRelease(&my_slot->mutex);
 }
 
 void stop_if_done(TimestampTz now) {
     if (!stop_requested || (sender_in_flight() > 0 && now < stop_deadline)) return;
     ereport(LOG, (errmsg("bunce worker stopping")));
-    proc_exit(1);  // non-zero: restarted if this was not a server shutdown
+    proc_exit(1);  // the launcher starts it again, unless its database left the list
 }
 
 // Every second: look for due events even if no commit woke the worker (COMMIT PREPARED,
@@ -424,9 +449,9 @@ void housekeeping(TimestampTz now) {
         check_replica_triggers();
     }
     end();
-    SpinLockAcquire(&shared->mutex);
-    shared->waiting_retry = waiting;
-    SpinLockRelease(&shared->mutex);
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->waiting_retry = waiting;
+    SpinLockRelease(&my_slot->mutex);
 }
 
 // Sleeps until the latch (a commit, SIGHUP, SIGTERM), a socket, libcurl's timer, the next
@@ -457,11 +482,24 @@ void wait_for_events(WaitEventSet *wait_set, const Round &round, TimestampTz now
     sender_on_timeout();
 }
 
-void start_worker() {
+void start_worker(Datum arg) {
     pqsignal(SIGHUP, SignalHandlerForConfigReload);
     pqsignal(SIGTERM, handle_sigterm);
     BackgroundWorkerUnblockSignals();
-    BackgroundWorkerInitializeConnection(database, nullptr, 0);
+    const uint64 a = DatumGetUInt64(arg);
+    my_slot_index = static_cast<int>(a & 0xff);
+    const Oid database = static_cast<Oid>(a >> 8);
+    my_slot = &shared->workers[my_slot_index];
+    // The launcher gave the slot to another database while this worker waited to start.
+    if (pg_atomic_read_u32(&my_slot->database_id) != database) proc_exit(0);
+    before_shmem_exit(worker_exit, 0);
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->pid = MyProcPid;
+    my_slot->started_at = GetCurrentTimestamp();
+    my_slot->state = WORKER_STARTING;
+    my_slot->paused_reason[0] = '\0';
+    SpinLockRelease(&my_slot->mutex);
+    BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);
     pin_session_settings();
     reload_api_key();
     // Payload-sized buffers (up to bunce.max_payload_size each) go back to the system when
@@ -469,41 +507,22 @@ void start_worker() {
     // then keeping such buffers in the heap for good.
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 
-    before_shmem_exit(worker_exit, 0);
-    SpinLockAcquire(&shared->mutex);
-    shared->worker_latch = MyLatch;
-    shared->database_id = MyDatabaseId;
-    shared->pid = MyProcPid;
-    shared->started_at = GetCurrentTimestamp();
-    shared->state = WORKER_STARTING;
-    shared->paused_reason[0] = '\0';
-    SpinLockRelease(&shared->mutex);
-    ereport(LOG, (errmsg("bunce worker started for database \"%s\"", database)));
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->worker_latch = MyLatch;
+    SpinLockRelease(&my_slot->mutex);
+    ereport(LOG, (errmsg("bunce worker started for database \"%s\"", my_slot->database)));
 
     sender_start();
     sender_configure();
+    configure_limiter();
     loop_cxt = AllocSetContextCreate(TopMemoryContext, "bunce worker loop", ALLOCSET_DEFAULT_SIZES);
 }
 
 }  // namespace
 
-void register_worker() {
-    BackgroundWorker w;
-    memset(&w, 0, sizeof w);
-    w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-    // Not in recovery: a standby sends nothing; the worker starts on promotion.
-    w.bgw_start_time = BgWorkerStart_RecoveryFinished;
-    w.bgw_restart_time = 1;
-    strlcpy(w.bgw_library_name, "bunce", BGW_MAXLEN);
-    strlcpy(w.bgw_function_name, "bunce_worker_main", BGW_MAXLEN);
-    strlcpy(w.bgw_name, "bunce worker", BGW_MAXLEN);
-    strlcpy(w.bgw_type, "bunce worker", BGW_MAXLEN);
-    RegisterBackgroundWorker(&w);
-}
-
 // The loop.
-void worker_main() {
-    start_worker();
+void worker_main(Datum arg) {
+    start_worker(arg);
     // Made once: libcurl's sockets are all behind one epoll descriptor, so a wake-up costs the
     // same with 1 or 1000 requests in flight.
     WaitEventSet *wait_set = CreateWaitEventSet(TopMemoryContext, 3);
@@ -518,7 +537,9 @@ void worker_main() {
         reload();
         if (!wait_for_extension()) continue;
         const Round round = decide_state(GetCurrentTimestamp());
-        submit(exchange(round));
+        const int staged = exchange(round);
+        if (round.took_turn && staged == 0) give_back_turn();
+        submit(staged);
         const TimestampTz now = GetCurrentTimestamp();
         stop_if_done(now);
         housekeeping(now);
@@ -531,4 +552,4 @@ void worker_main() {
 
 }  // namespace bunce_pg
 
-void bunce_worker_main(Datum) { bunce_pg::worker_main(); }
+void bunce_worker_main(Datum arg) { bunce_pg::worker_main(arg); }

@@ -592,9 +592,9 @@ void release_claims(bool all) {
     Oid types[] = {INT8ARRAYOID};
     const int64 resent = query_int("releasing claims", sql, all ? 0 : 1, types, &held);
     if (resent == 0) return;
-    SpinLockAcquire(&shared->mutex);
-    shared->possibly_duplicated += resent;
-    SpinLockRelease(&shared->mutex);
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->possibly_duplicated += resent;
+    SpinLockRelease(&my_slot->mutex);
     ereport(
         LOG,
         (all ? errmsg("bunce worker: %lld events were in flight when delivery stopped; they will be sent again",
@@ -633,17 +633,17 @@ void check_replica_triggers() {
 // answers; a count corrects what those miss: COMMIT PREPARED, rows restored or written by
 // hand, DELETEs by hand.
 void recount_queue() {
-    const uint64 committed = pg_atomic_read_u64(&shared->committed);
+    const uint64 committed = pg_atomic_read_u64(&my_slot->committed);
     const int64 queued = query_int("counting the queue", "SELECT pg_catalog.count(*) FROM bunce.outbox");
     const int64 turn = query_int("counting events waiting for their turn",
                                  "SELECT pg_catalog.count(*) FROM bunce.outbox WHERE scheduled "
                                  "AND next_attempt_at = 'infinity' AND sending_since IS NULL");
-    SpinLockAcquire(&shared->mutex);
-    shared->queued_base = queued;
-    shared->waiting_turn = turn;
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->queued_base = queued;
+    my_slot->waiting_turn = turn;
     parked_here = static_cast<int>(Min(turn, PG_INT32_MAX));
-    shared->committed_at_base = committed;
-    SpinLockRelease(&shared->mutex);
+    my_slot->committed_at_base = committed;
+    SpinLockRelease(&my_slot->mutex);
 }
 
 void prune_deliveries(TimestampTz now) {

@@ -63,7 +63,6 @@ TEST(RateLimiter, LimitZeroNeverWaits) {
         now += (i % 3 == 0) ? 0 : 1;
     }
     EXPECT_EQ(RateLimiter(0).wait_us(123), 0);
-    EXPECT_EQ(r.sent_last_minute(now), 0);  // not tracked without a limit
 }
 
 TEST(RateLimiter, NegativeLimitMeansNoLimit) {
@@ -113,9 +112,6 @@ TEST(RateLimiter, Backlogged60PerMinuteForTenMinutes) {
         EXPECT_GE(n, 58) << "minute " << m;
         EXPECT_LE(n, 60) << "minute " << m;
     }
-
-    EXPECT_LE(r.sent_last_minute(now), 60);
-    EXPECT_GE(r.sent_last_minute(now), 58);
 }
 
 TEST(RateLimiter, BackloggedAtOtherLimits) {
@@ -283,14 +279,126 @@ TEST(RateLimiter, SetSameLimitKeepsState) {
     EXPECT_EQ(r.wait_us(0), before);
 }
 
-TEST(RateLimiter, SentLastMinute) {
-    RateLimiter r(100);
-    EXPECT_EQ(r.sent_last_minute(0), 0);
-    int64_t now = 0;
-    for (int i = 0; i < 10; i++) {
-        now += r.wait_us(now);
-        r.record(now);
+namespace {
+
+// Senders sharing one limiter, each with a backlog from `from` to `until` (times from the
+// start), each waking up `late` after the time it was given. Returns the sends of each.
+struct Sharer {
+    int64_t from, until, late;
+    std::vector<Send> sends;
+    int64_t wake = 0;
+};
+
+void run_shared(RateLimiter &r, std::vector<Sharer> &senders, int64_t duration) {
+    for (auto &s : senders) s.wake = s.from;
+    while (true) {
+        // The sender that wakes first acts first.
+        size_t i = 0;
+        for (size_t j = 1; j < senders.size(); j++)
+            if (senders[j].wake < senders[i].wake) i = j;
+        Sharer &s = senders[i];
+        const int64_t now = s.wake;
+        if (now >= duration) return;
+        if (now >= s.until) {
+            r.set_backlogged(static_cast<int>(i), false);
+            s.wake = INT64_MAX;
+            continue;
+        }
+        r.set_backlogged(static_cast<int>(i), true);
+        const int64_t w = r.take(now, static_cast<int>(i));
+        if (w > 0) {
+            s.wake = now + w + s.late;
+            continue;
+        }
+        s.sends.push_back({now, r.limit()});
+        s.wake = now + s.late;
     }
-    EXPECT_EQ(r.sent_last_minute(now), 10);
-    EXPECT_EQ(r.sent_last_minute(now + 2 * kMinute), 0);
+}
+
+std::vector<Send> all_sends(const std::vector<Sharer> &senders) {
+    std::vector<Send> all;
+    for (const auto &s : senders) all.insert(all.end(), s.sends.begin(), s.sends.end());
+    std::sort(all.begin(), all.end(), [](const Send &a, const Send &b) { return a.at < b.at; });
+    return all;
+}
+
+int64_t sends_between(const std::vector<Send> &sends, int64_t a, int64_t b) {
+    return std::count_if(sends.begin(), sends.end(), [&](const Send &s) { return s.at >= a && s.at < b; });
+}
+
+}  // namespace
+
+TEST(RateLimiter, BackloggedSendersShareTheBudgetEvenly) {
+    // Two, then three senders; one of them slow to wake up (a claim in progress).
+    for (int n : {2, 3}) {
+        for (int64_t slow : {int64_t{0}, int64_t{5000}, int64_t{50000}}) {
+            SCOPED_TRACE(std::to_string(n) + " senders, one late by " + std::to_string(slow) + " us");
+            RateLimiter r(500);
+            std::vector<Sharer> senders;
+            for (int i = 0; i < n; i++) senders.push_back({0, 10 * kMinute, i == 0 ? slow : 300});
+            run_shared(r, senders, 10 * kMinute);
+            const std::vector<Send> all = all_sends(senders);
+            expect_no_window_above_limit(all);
+            for (int m = 1; m < 10; m++) {
+                const int64_t a = m * kMinute, b = a + kMinute;
+                EXPECT_GE(sends_between(all, a, b), 495) << "minute " << m;  // the whole budget used
+                for (int i = 0; i < n; i++)
+                    EXPECT_GE(sends_between(senders[i].sends, a, b), 500 / n - 2) << "sender " << i << ", minute " << m;
+            }
+        }
+    }
+}
+
+TEST(RateLimiter, AShareNobodyUsesGoesToTheOthers) {
+    // Sender 1 is backlogged for the first three minutes only, sender 2 from minute 2 on.
+    RateLimiter r(600);
+    std::vector<Sharer> senders{{0, 10 * kMinute, 1000}, {0, 3 * kMinute, 1000}, {2 * kMinute, 10 * kMinute, 1000}};
+    run_shared(r, senders, 10 * kMinute);
+    const std::vector<Send> all = all_sends(senders);
+    expect_no_window_above_limit(all);
+    for (int m = 0; m < 10; m++) {
+        const int64_t a = m * kMinute, b = a + kMinute;
+        EXPECT_GE(sends_between(all, a, b), 594) << "minute " << m;
+    }
+    EXPECT_GE(sends_between(senders[0].sends, kMinute, 2 * kMinute), 297);      // two backlogged
+    EXPECT_GE(sends_between(senders[0].sends, 2 * kMinute, 3 * kMinute), 198);  // three
+    EXPECT_GE(sends_between(senders[0].sends, 4 * kMinute, 5 * kMinute), 297);  // two again
+}
+
+TEST(RateLimiter, ATurnGivenBackIsNotCounted) {
+    RateLimiter r(60);
+    ASSERT_EQ(r.take(0, 1), 0);
+    r.give_back(1);  // nothing to send after all
+    EXPECT_EQ(r.wait_us(0, 1), 0);
+    EXPECT_EQ(r.wait_us(0, 2), 0);
+    ASSERT_EQ(r.take(0, 2), 0);
+    EXPECT_EQ(r.wait_us(0, 1), 1'005'000);
+    // Another turn was taken since: too late to give one back.
+    ASSERT_EQ(r.take(1'005'000, 1), 0);
+    ASSERT_EQ(r.take(2'010'000, 2), 0);
+    r.give_back(1);
+    EXPECT_EQ(r.wait_us(2'010'000, 1), 1'005'000);
+    std::vector<Send> sends;
+    for (int64_t now = 0; now < 10 * kMinute; now += 1000) {
+        if (r.take(now, 1) == 0) {
+            if (now % 3 == 0) {
+                r.give_back(1);
+            } else {
+                sends.push_back({now, 60});
+            }
+        }
+    }
+    expect_no_window_above_limit(sends);
+}
+
+TEST(RateLimiter, ASenderGoneWhileBackloggedCostsNoPace) {
+    // A worker that died with its backlog flag set: the others wait a moment each turn, and
+    // keep the pace.
+    RateLimiter r(500);
+    r.set_backlogged(5, true);
+    std::vector<Sharer> senders{{0, 10 * kMinute, 300}};
+    run_shared(r, senders, 10 * kMinute);
+    expect_no_window_above_limit(senders[0].sends);
+    for (int m = 1; m < 10; m++)
+        EXPECT_GE(sends_between(senders[0].sends, m * kMinute, (m + 1) * kMinute), 495) << "minute " << m;
 }
