@@ -143,3 +143,26 @@ ALTER TABLE bunce.dead_letters ENABLE REPLICA TRIGGER ignore_replicated;
 CREATE TRIGGER ignore_replicated BEFORE INSERT OR UPDATE OR DELETE ON bunce.deliveries
     FOR EACH ROW EXECUTE FUNCTION bunce.ignore_replicated();
 ALTER TABLE bunce.deliveries ENABLE REPLICA TRIGGER ignore_replicated;
+
+-- Metrics, in Prometheus' terms: one row per sample. The worker's counters come from shared
+-- memory (bunce.metrics_samples()); dead letters and the oldest pending event from the tables,
+-- each by one index probe or a count of the (small) dead letter table.
+CREATE FUNCTION bunce.metrics_samples(OUT name text, OUT labels jsonb, OUT value double precision,
+                                      OUT type text, OUT help text)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'bunce_metrics_samples';
+CREATE VIEW bunce.metrics AS
+SELECT m.name, m.labels, m.value, m.type, m.help FROM bunce.metrics_samples() m
+UNION ALL
+SELECT 'bunce_dead_letters', jsonb_build_object('database', current_database()),
+       (SELECT count(*) FROM bunce.dead_letters)::double precision, 'gauge', 'rows in bunce.dead_letters'
+UNION ALL
+SELECT 'bunce_oldest_pending_seconds', jsonb_build_object('database', current_database()),
+       coalesce(extract(epoch FROM now() - (SELECT o.enqueued_at FROM bunce.outbox o ORDER BY o.id LIMIT 1)), 0)
+           ::double precision,
+       'gauge', 'age of the oldest event in the outbox (0 when it is empty)';
+COMMENT ON VIEW bunce.metrics IS 'one row per Prometheus sample: name, labels, value, type, help';
+REVOKE ALL ON FUNCTION bunce.metrics_samples() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bunce.metrics_samples() TO bunce_admin;
+REVOKE ALL ON bunce.metrics FROM PUBLIC;
+GRANT SELECT ON bunce.metrics TO bunce_admin;

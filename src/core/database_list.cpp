@@ -60,7 +60,9 @@ bool parse_database_list(const std::string &text, size_t max_names, size_t max_n
             return false;
         }
         if (name.size() > max_name_bytes) {
-            problem = "the name \"" + name.substr(0, max_name_bytes) + "...\" is longer than a database name can be";
+            size_t cut = max_name_bytes;  // at a character's start (UTF-8 and the like)
+            while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) cut--;
+            problem = "the name \"" + name.substr(0, cut) + "...\" is longer than a database name can be";
             return false;
         }
         if (std::find(names.begin(), names.end(), name) != names.end()) {

@@ -257,6 +257,7 @@ void HttpSender::collect() {
         } else {
             t->answer.status = 0;
             t->answer.error = t->error[0] ? t->error : curl_easy_strerror(result);
+            t->answer.timed_out = result == CURLE_OPERATION_TIMEDOUT;
         }
         curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &t->answer.seconds);
         // libcurl counts, per handle, the retries on reused connections found dead, and gives

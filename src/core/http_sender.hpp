@@ -26,6 +26,7 @@ struct HttpAnswer {
     std::string body;
     std::string retry_after;  // the Retry-After header, if any
     std::string error;        // transport error (timeout, refused, dropped), if any
+    bool timed_out = false;   // the error is the time limit
     double seconds;           // time the request took
 };
 

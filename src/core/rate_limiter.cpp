@@ -41,19 +41,8 @@ void RateLimiter::record(int64_t now, int sender) {
 
 int64_t RateLimiter::take(int64_t now, int sender) {
     const int64_t wait = wait_us(now, sender);
-    if (wait > 0) return wait;
-    taken_ = {turns_ + 1, served_at_[sender], last_us_, sent_[next_]};
-    record(now, sender);
-    return 0;
-}
-
-void RateLimiter::give_back(int sender) {
-    if (turns_ != taken_.turn || served_at_[sender] != taken_.turn) return;
-    turns_--;
-    last_us_ = taken_.last_us;
-    next_ = (next_ + kHistory - 1) % kHistory;
-    sent_[next_] = taken_.sent;
-    served_at_[sender] = taken_.served_at;
+    if (wait == 0) record(now, sender);
+    return wait;
 }
 
 void RateLimiter::set_backlogged(int sender, bool backlogged) { backlogged_[sender] = backlogged; }

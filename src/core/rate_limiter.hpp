@@ -22,13 +22,11 @@ public:
     // of a monotonic clock shared by all senders.
     int64_t wait_us(int64_t now_us, int sender = 0) const;
     void record(int64_t now_us, int sender = 0);
-    // wait_us and, when that is 0, record at once: with several senders, the turn is theirs
-    // between the two. give_back() returns a turn taken but not used (nothing to send), unless
-    // another was taken since.
+    // wait_us and, when that is 0, record at once (with several senders, the turn must not be
+    // another's between the two). Call it when the request is ready to go.
     int64_t take(int64_t now_us, int sender);
-    void give_back(int sender);
 
-    // A sender with more to send than it may: while it is, the others leave it its turns.
+    // A sender with a request waiting for its turn: while it has, the others leave it its turns.
     void set_backlogged(int sender, bool backlogged);
 
 private:
@@ -51,10 +49,6 @@ private:
     uint64_t turns_ = 0;               // requests recorded
     uint64_t served_at_[kMaxSenders];  // the turn each sender last had
     bool backlogged_[kMaxSenders];
-    struct {
-        uint64_t turn, served_at;  // the turn taken, and the sender's turn before it
-        int64_t last_us, sent;
-    } taken_{};  // what take() changed
 };
 
 }  // namespace bunce

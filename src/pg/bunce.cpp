@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "commit_wake.hpp"
+#include "outbox.hpp"
 #include "settings.hpp"
 #include "shmem.hpp"
 #include "worker.hpp"
@@ -24,18 +25,6 @@ PG_FUNCTION_INFO_V1(bunce_worker_state);
 
 namespace bunce_pg {
 namespace {
-
-const char *state_name(WorkerState s) {
-    switch (s) {
-        case WORKER_STOPPED: return "stopped";
-        case WORKER_STARTING: return "starting";
-        case WORKER_WAITING_EXTENSION: return "waiting";
-        case WORKER_RUNNING: return "running";
-        case WORKER_PAUSED: return "paused";
-        case WORKER_DISABLED: return "disabled";
-    }
-    return "unknown";
-}
 
 // The columns of bunce.worker_state(), in the order of its OUT parameters.
 enum StatusColumn {
@@ -92,8 +81,15 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
     // This database's worker. A database bunce.database does not list has none.
     WorkerSlot *slot = slot_of_database(MyDatabaseId);
     if (!slot) {
-        set(STATUS_STATE, CStringGetTextDatum(RecoveryInProgress() ? "standby" : "stopped"));
-        set(STATUS_PAUSED_REASON, CStringGetTextDatum("bunce.database does not list this database"));
+        if (RecoveryInProgress()) {
+            set(STATUS_STATE, CStringGetTextDatum("standby"));
+        } else {
+            set(STATUS_STATE, CStringGetTextDatum("stopped"));
+            set(STATUS_PAUSED_REASON,
+                CStringGetTextDatum(database_listed() ? "the launcher has not started this database's worker "
+                                                        "yet (see the server log)"
+                                                      : "bunce.database does not list this database"));
+        }
         PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
     }
     WorkerSlot s;

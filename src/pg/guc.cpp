@@ -179,7 +179,7 @@ bool load_api_key(char *problem, size_t size) {
 void define_gucs() {
     DefineCustomStringVariable("bunce.database", "Databases whose bunce.outbox is delivered, one worker each.",
                                "A comma-separated list; the workers share bunce.rate_limit.", &database, "postgres",
-                               PGC_SIGHUP, GUC_LIST_INPUT, check_database, nullptr, nullptr);
+                               PGC_SIGHUP, 0, check_database, nullptr, nullptr);
     DefineCustomStringVariable("bunce.api_url", "Base URL of the Bunce API (events go to <api_url>/events/trigger).",
                                "https://, or plain http:// to a loopback address only.", &api_url,
                                "https://api.bunce.so/v1", PGC_SIGHUP, 0, nullptr, nullptr, nullptr);

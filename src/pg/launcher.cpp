@@ -72,8 +72,11 @@ void launcher_exit(int, Datum) {
 // A heap scan of pg_database, as the logical replication launcher reads pg_subscription: a
 // process of no database may not build the relcache entries of its indexes.
 void resolve(const DatabaseList &list, Oid *oids) {
-    bool allow[kMaxDatabases];
-    for (int i = 0; i < list.count; i++) oids[i] = InvalidOid;
+    const char *problem[kMaxDatabases];
+    for (int i = 0; i < list.count; i++) {
+        oids[i] = InvalidOid;
+        problem[i] = "does not exist";
+    }
     StartTransactionCommand();
     (void)GetTransactionSnapshot();
     Relation rel = table_open(DatabaseRelationId, AccessShareLock);
@@ -83,7 +86,10 @@ void resolve(const DatabaseList &list, Oid *oids) {
         for (int i = 0; i < list.count; i++) {
             if (strcmp(NameStr(db->datname), list.names[i]) != 0) continue;
             oids[i] = db->oid;
-            allow[i] = db->datallowconn;
+            // A worker connected to a template would make CREATE DATABASE fail for everyone.
+            problem[i] = db->datistemplate   ? "is a template"
+                         : !db->datallowconn ? "does not allow connections"
+                                             : nullptr;
         }
     }
     table_endscan(scan);
@@ -93,20 +99,18 @@ void resolve(const DatabaseList &list, Oid *oids) {
     int now_unusable = 0;
     char seen[kMaxDatabases][NAMEDATALEN];
     for (int i = 0; i < list.count; i++) {
-        const char *problem = !OidIsValid(oids[i]) ? "does not exist"
-                              : !allow[i]          ? "does not allow connections"
-                                                   : nullptr;
-        if (!problem) continue;
+        if (!problem[i]) continue;
         const char *name = list.names[i];
+        const bool missing = !OidIsValid(oids[i]);
         oids[i] = InvalidOid;
         bool logged = false;
         for (int j = 0; j < n_unusable && !logged; j++) logged = strcmp(unusable[j], name) == 0;
         if (!logged)
-            ereport(WARNING, (errmsg("bunce launcher: database \"%s\" of bunce.database %s, so its events are not "
-                                     "delivered",
-                                     name, problem),
-                              errhint("Create the database (or allow connections to it), or remove it from "
-                                      "bunce.database and reload.")));
+            ereport(WARNING,
+                    (errmsg("bunce launcher: database \"%s\" of bunce.database %s, so its events are not delivered",
+                            name, problem[i]),
+                     missing ? errhint("Create it, or remove it from bunce.database and reload.")
+                             : errhint("Remove it from bunce.database and reload.")));
         strlcpy(seen[now_unusable++], name, NAMEDATALEN);
     }
     memcpy(unusable, seen, sizeof(seen[0]) * now_unusable);
@@ -125,9 +129,13 @@ void start(int i, WorkerSlot *slot, TimestampTz now) {
     strlcpy(w.bgw_function_name, "bunce_worker_main", BGW_MAXLEN);
     snprintf(w.bgw_name, BGW_MAXLEN, "bunce worker for database %s", slot->database);
     strlcpy(w.bgw_type, "bunce worker", BGW_MAXLEN);
-    w.bgw_main_arg = worker_arg(i, db);
+    const WorkerArg arg{i, db};
+    memcpy(w.bgw_extra, &arg, sizeof arg);
     w.bgw_notify_pid = MyProcPid;
-    if (RegisterDynamicBackgroundWorker(&w, &s.handle)) {
+    MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);  // the handle lives on
+    const bool registered = RegisterDynamicBackgroundWorker(&w, &s.handle);
+    MemoryContextSwitchTo(old);
+    if (registered) {
         s.warned_no_room = false;
         return;
     }
@@ -146,17 +154,14 @@ void start(int i, WorkerSlot *slot, TimestampTz now) {
                  "database of bunce.database, besides parallel query and other extensions.")));
 }
 
-// Brings the workers in line with the list: the databases that left it are stopped and their
-// slots freed once their workers have gone; each new one gets a slot; every listed database
-// whose worker is not running has it started, a second after it stopped. Returns how long
-// until something is due.
-long sync_workers(const DatabaseList &list, bool look_up) {
-    static Oid oids[kMaxDatabases];
-    static int n_oids = 0;
-    if (look_up) {
-        resolve(list, oids);
-        n_oids = list.count;
-    }
+// Brings the workers in line with the list: the databases that left it (or were dropped, or
+// renamed) are stopped and their slots freed once their workers have gone; each new one gets a
+// slot; every listed database whose worker is not running has it started, a second after it
+// stopped. Returns how long until something is due.
+long sync_workers(const DatabaseList &list) {
+    Oid oids[kMaxDatabases];
+    resolve(list, oids);
+    const int n_oids = list.count;
     const TimestampTz now = GetCurrentTimestamp();
     long wait_ms = kRecheckMs;
     auto due_in = [&](TimestampTz at) { wait_ms = Min(wait_ms, Max(0L, static_cast<long>((at - now) / 1000))); };
@@ -225,10 +230,6 @@ long sync_workers(const DatabaseList &list, bool look_up) {
 
 }  // namespace
 
-Datum worker_arg(int slot, Oid database) {
-    return UInt64GetDatum(static_cast<uint64>(database) << 8 | static_cast<uint64>(slot));
-}
-
 void register_launcher() {
     BackgroundWorker w;
     memset(&w, 0, sizeof w);
@@ -252,28 +253,19 @@ void launcher_main() {
     SpinLockAcquire(&shared->mutex);
     shared->launcher_latch = MyLatch;
     SpinLockRelease(&shared->mutex);
-    MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "bunce launcher", ALLOCSET_DEFAULT_SIZES);
-    bool look_up = true;
-    TimestampTz looked_up_at = 0;
     for (;;) {
         CHECK_FOR_INTERRUPTS();
         if (ConfigReloadPending) {
             ConfigReloadPending = false;
             ProcessConfigFile(PGC_SIGHUP);
-            look_up = true;
         }
-        // Names that could not be served are looked up again now and then (CREATE DATABASE).
-        const TimestampTz now = GetCurrentTimestamp();
-        if (n_unusable > 0 && now - looked_up_at >= kRecheckMs * 1000) look_up = true;
-        MemoryContextSwitchTo(cxt);
+        // Each round looks the names up again (a few rows of pg_database): a database created,
+        // dropped or renamed meanwhile is seen at the latest after kRecheckMs.
         DatabaseList list;
         char problem[256];
         // The check hook refused what does not parse; this is what it accepted.
         if (!parse_databases(database, &list, problem, sizeof problem)) list.count = 0;
-        if (look_up) looked_up_at = now;
-        const long wait_ms = sync_workers(list, look_up);
-        look_up = false;
-        MemoryContextSwitchTo(TopMemoryContext);
+        const long wait_ms = sync_workers(list);
         (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, Max(wait_ms, 10L), PG_WAIT_EXTENSION);
         ResetLatch(MyLatch);
     }

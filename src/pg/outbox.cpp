@@ -81,24 +81,27 @@ Oid bunce_namespace() {
     return nsp;
 }
 
-// Workers deliver the outboxes of the databases of bunce.database only: an event enqueued in
-// another database would wait there for ever. (Without shared_preload_libraries there is no
-// worker at all, and bunce.status says so.)
-void check_served_database() {
-    static char *checked = nullptr;  // the bunce.database value `served` was found for
-    static bool served = false;
-    if (!shared) return;
+bool database_listed() {
+    static char *checked = nullptr;  // the bunce.database value `listed` was found for
+    static bool listed = false;
     if (!checked || strcmp(checked, database) != 0) {
         DatabaseList list;
         char problem[256];
         const char *here = get_database_name(MyDatabaseId);
-        served = false;
+        listed = false;
         if (here && parse_databases(database, &list, problem, sizeof problem))
-            for (int i = 0; i < list.count && !served; i++) served = strcmp(list.names[i], here) == 0;
+            for (int i = 0; i < list.count && !listed; i++) listed = strcmp(list.names[i], here) == 0;
         if (checked) pfree(checked);
         checked = MemoryContextStrdup(TopMemoryContext, database);
     }
-    if (served) return;
+    return listed;
+}
+
+// Workers deliver the outboxes of the databases of bunce.database only: an event enqueued in
+// another database would wait there for ever. (Without shared_preload_libraries there is no
+// worker at all, and bunce.status says so.)
+void check_served_database() {
+    if (!shared || database_listed()) return;
     const char *here = get_database_name(MyDatabaseId);
     ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                     errmsg("bunce does not deliver the events of database \"%s\"", here ? here : "?"),

@@ -49,8 +49,10 @@ struct OutboxWriter {
 
 // The bunce schema; an ERROR when the extension is not installed here.
 Oid bunce_namespace();
-// ERRORs unless this database is the one the worker serves (bunce.database).
+// ERRORs unless bunce.database lists this database.
 void check_served_database();
+// Whether bunce.database names the current database.
+bool database_listed();
 // ERRORs in a read-only transaction or on a standby; `what` names the caller in the hint.
 void check_writable(const char *what);
 

@@ -117,6 +117,7 @@ int sender_collect(Answer **out, bunce::SenderPause &pause) {
             x.id = a.id;
             x.status = static_cast<int>(a.status);
             x.outcome = v.outcome;
+            x.answer_class = bunce::answer_class(a.status, a.timed_out);
             auto claim = delivery->claims.find(a.id);
             if (claim == delivery->claims.end()) throw std::logic_error("an answer to a request that was not sent");
             x.attempts = claim->second.attempts;
@@ -163,6 +164,7 @@ void sender_abandon_all() {
 }
 
 int sender_in_flight() { return static_cast<int>(delivery->sender.in_flight()); }
+int sender_staged() { return static_cast<int>(delivery->staged.size()); }
 
 Datum sender_held_ids() {
     Datum *ids = nullptr;

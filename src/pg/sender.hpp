@@ -3,6 +3,7 @@
 // ever see plain palloc'd data.
 #pragma once
 
+#include "metrics.hpp"
 #include "policy.hpp"
 
 extern "C" {
@@ -18,6 +19,7 @@ struct Answer {
     char *idempotency_key;  // the row's key: with id and attempts, the claim answered
     int status;             // HTTP status, 0 when there was no answer
     bunce::Outcome outcome;
+    bunce::AnswerClass answer_class;  // for bunce_answers_total
     bunce::AnswerDecision decision;
     char *message;
     char *response;  // Bunce's answer body, bounded and cleaned ("" when none)
@@ -40,6 +42,7 @@ void sender_on_timeout();
 // away or changed; the rows stay claimed and are released when delivery starts again).
 void sender_abandon_all();
 int sender_in_flight();
+int sender_staged();  // claimed, not sent yet
 // The outbox ids of the requests claimed or in flight, as a bigint[].
 Datum sender_held_ids();
 

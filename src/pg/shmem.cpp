@@ -78,6 +78,18 @@ void init_slot(WorkerSlot *slot, Oid database, const char *name) {
     pg_atomic_write_u32(&slot->database_id, database);
 }
 
+const char *state_name(WorkerState s) {
+    switch (s) {
+        case WORKER_STOPPED: return "stopped";
+        case WORKER_STARTING: return "starting";
+        case WORKER_WAITING_EXTENSION: return "waiting";
+        case WORKER_RUNNING: return "running";
+        case WORKER_PAUSED: return "paused";
+        case WORKER_DISABLED: return "disabled";
+    }
+    return "unknown";
+}
+
 WorkerSlot *slot_of_database(Oid database) {
     if (!shared || !OidIsValid(database)) return nullptr;
     for (WorkerSlot &w : shared->workers)

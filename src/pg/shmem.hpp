@@ -3,6 +3,7 @@
 // shared_preload_libraries (then there is no worker).
 #pragma once
 
+#include "metrics.hpp"
 #include "rate_limiter.hpp"
 #include "settings.hpp"
 
@@ -38,6 +39,7 @@ struct WorkerSlot {
     Latch *worker_latch;  // set while the worker runs
     int pid;
     WorkerState state;
+    char pause_kind[24];  // bunce_paused's reason label: key_refused, rate_limited, disabled, ...
     char paused_reason[128];
     TimestampTz paused_until;
     TimestampTz started_at;
@@ -59,6 +61,10 @@ struct WorkerSlot {
     int last_error_status;
     char last_error[256];
     TimestampTz last_error_at;
+    uint64 answers[bunce::kAnswerClasses];  // by AnswerClass
+    // enqueue to 2xx: events per bucket (not cumulative), and their sum
+    uint64 latency_buckets[bunce::kLatencyBuckets];
+    double latency_sum_s;
 };
 
 static_assert(kMaxDatabases <= bunce::RateLimiter::kMaxSenders, "a limiter turn for each database's worker");
@@ -72,6 +78,9 @@ struct Shared {
 extern Shared *shared;
 extern WorkerSlot *my_slot;  // in a worker: the slot of its database
 extern int my_slot_index;
+
+// As bunce.status shows it.
+const char *state_name(WorkerState s);
 
 // The slot of a database, or nullptr when it is not served.
 WorkerSlot *slot_of_database(Oid database);

@@ -18,7 +18,9 @@
 #include "worker_sql.hpp"
 
 extern "C" {
+#include "commands/async.h"
 #include "common/hashfn.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -29,6 +31,7 @@ extern "C" {
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -61,8 +64,8 @@ TimestampTz last_recount = 0;
 struct Round {
     bool may_send;
     int slots;
-    int64 limiter_us;  // > 0: the rate limiter holds the next request this long
-    bool took_turn;    // the rate limiter counted a request: given back if none is sent
+    bool limited;      // bunce.rate_limit is set: one request at a time, in turns
+    int64 limiter_us;  // > 0: the rate limiter holds the staged request this long
 };
 
 // SIGTERM between rounds lets requests in flight finish briefly (see stop_if_done). Inside a
@@ -82,15 +85,47 @@ void handle_sigterm(SIGNAL_ARGS) {
 /* ---------------------------------------------------------------------------------------
  * What bunce.status shows: state, counters; one log line per change of state.
  */
-// Returns whether the state or its reason changed.
-bool set_state(WorkerState state, const char *reason, TimestampTz until) {
+
+// NOTIFY bunce, so that an application or a script can react without polling:
+// {"event": "state", "database", "state", "reason" (a word: key_refused, rate_limited, ...),
+// "message", "until", "previous_state", "previous_reason"}.
+void notify_state(WorkerState state, const char *kind, const char *reason, TimestampTz until, WorkerState was,
+                  const char *was_kind) {
+    StringInfoData j;
+    initStringInfo(&j);
+    appendStringInfoString(&j, "{\"event\": \"state\", \"database\": ");
+    escape_json(&j, my_slot->database);
+    appendStringInfo(&j, ", \"state\": \"%s\", \"reason\": ", state_name(state));
+    escape_json(&j, kind);
+    appendStringInfoString(&j, ", \"message\": ");
+    escape_json(&j, reason ? reason : "");
+    appendStringInfoString(&j, ", \"until\": ");
+    if (until)
+        escape_json(&j, timestamptz_to_str(until));
+    else
+        appendStringInfoString(&j, "null");
+    appendStringInfo(&j, ", \"previous_state\": \"%s\", \"previous_reason\": ", state_name(was));
+    escape_json(&j, was_kind);
+    appendStringInfoChar(&j, '}');
+    begin("bunce: notifying");
+    Async_Notify("bunce", j.data);
+    end();
+}
+
+// Returns whether the state or its reason changed. `kind` names the reason for bunce.metrics.
+bool set_state(WorkerState state, const char *kind, const char *reason, TimestampTz until) {
     SpinLockAcquire(&my_slot->mutex);
     const bool changed = my_slot->state != state || strcmp(my_slot->paused_reason, reason ? reason : "") != 0;
+    const WorkerState was = my_slot->state;
+    char was_kind[sizeof my_slot->pause_kind];
+    strlcpy(was_kind, my_slot->pause_kind, sizeof was_kind);
     my_slot->state = state;
+    strlcpy(my_slot->pause_kind, kind, sizeof my_slot->pause_kind);
     strlcpy(my_slot->paused_reason, reason ? reason : "", sizeof my_slot->paused_reason);
     my_slot->paused_until = until;
     SpinLockRelease(&my_slot->mutex);
     if (!changed) return false;
+    notify_state(state, kind, reason, until, was, was_kind);
     if (state == WORKER_RUNNING)
         ereport(LOG, (errmsg("bunce worker: delivering events")));
     else if (state == WORKER_PAUSED && until)
@@ -122,7 +157,7 @@ int requests_last_minute() {
     return total;
 }
 
-void publish(const Recorded &r, int oversize) {
+void publish(const Recorded &r, const Answer *answers, int nanswers, int oversize) {
     const int delivered = r.delivered, dead = r.dead + oversize;
     const TimestampTz now = GetCurrentTimestamp();
     const int64 minute = now / USECS_PER_MINUTE;
@@ -144,6 +179,9 @@ void publish(const Recorded &r, int oversize) {
         strlcpy(my_slot->last_error, r.last_error->message, sizeof my_slot->last_error);
         my_slot->last_error_at = now;
     }
+    for (int i = 0; i < nanswers; i++) my_slot->answers[static_cast<int>(answers[i].answer_class)]++;
+    for (int b = 0; b < bunce::kLatencyBuckets; b++) my_slot->latency_buckets[b] += r.latency_buckets[b];
+    my_slot->latency_sum_s += r.latency_sum_s;
     my_slot->in_flight = sender_in_flight();
     my_slot->requests_last_minute = requests_last_minute();
     SpinLockRelease(&my_slot->mutex);
@@ -240,17 +278,19 @@ int in_flight_limit() {
     return Min(max_in_flight, connection_room);
 }
 
-// bunce.rate_limit is the cluster's (every worker sets the same value).
+// bunce.rate_limit is the cluster's: every worker sets the same value on reload, and each goes
+// by the shared one (a worker that has not reloaded yet follows the first that has).
 void configure_limiter() {
     SpinLockAcquire(&shared->mutex);
     shared->limiter.set_limit(rate_limit);
     SpinLockRelease(&shared->mutex);
 }
 
-void give_back_turn() {
+bool rate_limited() {
     SpinLockAcquire(&shared->mutex);
-    shared->limiter.give_back(my_slot_index);
+    const bool limited = shared->limiter.limit() > 0;
     SpinLockRelease(&shared->mutex);
+    return limited;
 }
 
 // (Re-)reads bunce.api_key_file; what stops it stops delivery (see config_problem).
@@ -328,7 +368,7 @@ bool wait_for_extension() {
     if (extension_ready) return true;
     // Silent while the extension is just not there yet; an update or a restart to do is
     // worth a line.
-    if (set_state(WORKER_WAITING_EXTENSION, why, 0) && check == EXTENSION_OTHER_VERSION)
+    if (set_state(WORKER_WAITING_EXTENSION, "waiting_extension", why, 0) && check == EXTENSION_OTHER_VERSION)
         ereport(LOG, (errmsg("bunce worker: waiting: %s", why)));
     if (stop_requested) proc_exit(1);
     (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 5000, PG_WAIT_EXTENSION);
@@ -346,37 +386,29 @@ Round decide_state(TimestampTz now) {
     if (next_retry_due && next_retry_due <= now) look_for_work = true;
     const char *problem = config_problem();
     if (stop_requested)
-        set_state(WORKER_STOPPED, "stopping", 0);
+        set_state(WORKER_STOPPED, "stopping", "stopping", 0);
     else if (!enabled)
-        set_state(WORKER_DISABLED, "bunce.enabled is off", 0);
+        set_state(WORKER_DISABLED, "disabled", "bunce.enabled is off", 0);
     else if (problem)
-        set_state(WORKER_PAUSED, problem, 0);
+        set_state(WORKER_PAUSED, "configuration", problem, 0);
     else if (pause.until_us)
-        set_state(WORKER_PAUSED, pause.reason.c_str(), pause.until_us);
+        set_state(WORKER_PAUSED, pause.auth_backoff_s ? "key_refused" : "rate_limited", pause.reason.c_str(),
+                  pause.until_us);
     else
-        set_state(WORKER_RUNNING, nullptr, 0);
-    Round r{!stop_requested && enabled && !problem && !pause.until_us, 0, 0, false};
+        set_state(WORKER_RUNNING, "", nullptr, 0);
+    Round r{!stop_requested && enabled && !problem && !pause.until_us, 0, rate_limited(), 0};
     r.slots = r.may_send ? in_flight_limit() - sender_in_flight() : 0;
-    if (rate_limit > 0) {
-        // Evenly spaced, one at a time, in turns with the workers of other databases.
-        const bool wants = r.slots > 0 && look_for_work;
-        SpinLockAcquire(&shared->mutex);
-        shared->limiter.set_backlogged(my_slot_index, wants);
-        if (wants) r.limiter_us = shared->limiter.take(bunce::monotonic_us(), my_slot_index);
-        SpinLockRelease(&shared->mutex);
-        r.took_turn = wants && r.limiter_us == 0;
-        r.slots = r.took_turn ? 1 : 0;
-    }
+    // Under a rate limit, one event is claimed once the last one has gone (see send_staged).
+    if (r.limited) r.slots = sender_staged() == 0 ? Min(r.slots, 1) : 0;
     return r;
 }
 
 // One transaction: records the answers that arrived, then claims what the free slots allow.
-// Returns how many requests were staged.
-int exchange(const Round &round) {
+void exchange(const Round &round) {
     Answer *answers = nullptr;
     const int nanswers = sender_collect(&answers, pause);
     const bool claiming = round.slots > 0 && look_for_work;
-    if (nanswers == 0 && !claiming) return 0;
+    if (nanswers == 0 && !claiming) return;
     if (claiming) {
         // Before the claim's snapshot: a commit from here on must signal again.
         pg_atomic_write_u32(&my_slot->work_signalled, 0);
@@ -387,9 +419,9 @@ int exchange(const Round &round) {
     if (check_extension(why, sizeof why) != EXTENSION_READY) {
         end();
         lose_extension();
-        return 0;
+        return;
     }
-    Recorded recorded{0, 0, 0, 0, nullptr};
+    Recorded recorded{};
     Claimed claimed{0, 0, false, 0};
     if (nanswers > 0) recorded = record_answers(answers, nanswers);
     if (recorded.retried > 0 || recorded.promoted > 0) {
@@ -403,19 +435,30 @@ int exchange(const Round &round) {
         if (!look_for_work) next_retry_due = next_due();
     }
     end();
-    if (nanswers > 0 || claimed.oversize > 0) publish(recorded, claimed.oversize);
-    return claimed.staged;
+    if (nanswers > 0 || claimed.oversize > 0) publish(recorded, answers, nanswers, claimed.oversize);
 }
 
-// After the claim committed: the requests go out.
-void submit(int staged) {
-    if (staged == 0) return;
+// After the claim committed: the requests go out. Under a rate limit the one staged goes when
+// the limiter gives this worker the turn, shared with the workers of other databases; while it
+// waits, the others leave it its turns. Returns how long the limiter holds it.
+int64 send_staged(const Round &round) {
+    const int staged = sender_staged();
+    const bool ready = staged > 0 && round.may_send;
+    if (round.limited) {
+        SpinLockAcquire(&shared->mutex);
+        const int64 wait = ready ? shared->limiter.take(bunce::monotonic_us(), my_slot_index) : 0;
+        shared->limiter.set_backlogged(my_slot_index, wait > 0);
+        SpinLockRelease(&shared->mutex);
+        if (wait > 0) return wait;
+    }
+    if (!ready) return 0;
     sender_submit_staged();
     count_requests(staged);
     SpinLockAcquire(&my_slot->mutex);
     my_slot->in_flight = sender_in_flight();
     my_slot->requests_last_minute = requests_last_minute();
     SpinLockRelease(&my_slot->mutex);
+    return 0;
 }
 
 void stop_if_done(TimestampTz now) {
@@ -461,7 +504,7 @@ void wait_for_events(WaitEventSet *wait_set, const Round &round, TimestampTz now
     in.now_us = now;
     in.housekeeping_at_us = last_housekeeping + kHousekeepingUs;
     in.sender_timeout_ms = sender_timeout_ms();
-    in.wants_to_claim = look_for_work && round.may_send;
+    in.wants_to_claim = (look_for_work && round.may_send) || round.limiter_us > 0;
     in.limiter_wait_us = round.limiter_us;
     in.has_free_slot = sender_in_flight() < in_flight_limit();
     in.next_due_us = next_retry_due;
@@ -482,13 +525,14 @@ void wait_for_events(WaitEventSet *wait_set, const Round &round, TimestampTz now
     sender_on_timeout();
 }
 
-void start_worker(Datum arg) {
+void start_worker() {
     pqsignal(SIGHUP, SignalHandlerForConfigReload);
     pqsignal(SIGTERM, handle_sigterm);
     BackgroundWorkerUnblockSignals();
-    const uint64 a = DatumGetUInt64(arg);
-    my_slot_index = static_cast<int>(a & 0xff);
-    const Oid database = static_cast<Oid>(a >> 8);
+    WorkerArg arg;
+    memcpy(&arg, MyBgworkerEntry->bgw_extra, sizeof arg);
+    my_slot_index = arg.slot;
+    const Oid database = arg.database;
     my_slot = &shared->workers[my_slot_index];
     // The launcher gave the slot to another database while this worker waited to start.
     if (pg_atomic_read_u32(&my_slot->database_id) != database) proc_exit(0);
@@ -521,8 +565,8 @@ void start_worker(Datum arg) {
 }  // namespace
 
 // The loop.
-void worker_main(Datum arg) {
-    start_worker(arg);
+void worker_main() {
+    start_worker();
     // Made once: libcurl's sockets are all behind one epoll descriptor, so a wake-up costs the
     // same with 1 or 1000 requests in flight.
     WaitEventSet *wait_set = CreateWaitEventSet(TopMemoryContext, 3);
@@ -536,10 +580,9 @@ void worker_main(Datum arg) {
         CHECK_FOR_INTERRUPTS();
         reload();
         if (!wait_for_extension()) continue;
-        const Round round = decide_state(GetCurrentTimestamp());
-        const int staged = exchange(round);
-        if (round.took_turn && staged == 0) give_back_turn();
-        submit(staged);
+        Round round = decide_state(GetCurrentTimestamp());
+        exchange(round);
+        round.limiter_us = send_staged(round);
         const TimestampTz now = GetCurrentTimestamp();
         stop_if_done(now);
         housekeeping(now);
@@ -552,4 +595,4 @@ void worker_main(Datum arg) {
 
 }  // namespace bunce_pg
 
-void bunce_worker_main(Datum arg) { bunce_pg::worker_main(arg); }
+void bunce_worker_main(Datum) { bunce_pg::worker_main(); }

@@ -3,12 +3,20 @@
 
 #include "shmem.hpp"
 
+extern "C" {
+#include "postmaster/bgworker.h"
+}
+
 namespace bunce_pg {
 
 // From _PG_init while shared_preload_libraries is processed.
 void register_launcher();
 
-// The worker's argument: its slot, and the database it was started for.
-Datum worker_arg(int slot, Oid database);
+// What the launcher tells a worker (in bgw_extra): its slot, and the database it is for.
+struct WorkerArg {
+    int slot;
+    Oid database;
+};
+static_assert(sizeof(WorkerArg) <= BGW_EXTRALEN, "fits in bgw_extra");
 
 }  // namespace bunce_pg

@@ -17,6 +17,7 @@ extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
+#include "commands/async.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "pgstat.h"
@@ -25,6 +26,7 @@ extern "C" {
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/fmgroids.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -69,7 +71,7 @@ void prepare_statements() {
     // Each statement that removes events returns their ordering keys (see promote()).
     prepare(delivered_stmt,
             "DELETE FROM bunce.outbox o USING " ANSWERED ") AS a(id, attempts, key) WHERE " ANSWERED_ROW
-            " RETURNING o.ordering_key",
+            " RETURNING o.ordering_key, o.enqueued_at",
             3, del_types);
     prepare(
         delivered_logged_stmt,
@@ -81,7 +83,7 @@ void prepare_statements() {
         "      SELECT id, event_id, idempotency_key, status, attempts, enqueued_at FROM d "
         "      ON CONFLICT (id) DO UPDATE SET delivered_at = pg_catalog.now(), http_status = excluded.http_status, "
         "                                     attempts = excluded.attempts) "
-        "SELECT ordering_key FROM d",
+        "SELECT ordering_key, enqueued_at FROM d",
         4, del_types);
     Oid dead_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
                         TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
@@ -98,7 +100,7 @@ void prepare_statements() {
             "          message, response, attempts, enqueued_at, first_attempt_at, last_attempt_at) "
             "      SELECT id, event_id, payload, idempotency_key, a_reason, nullif(a_status, 0), a_message, "
             "             nullif(a_response, ''), attempts, enqueued_at, first_attempt_at, sending_since FROM d) "
-            "SELECT ordering_key FROM d",
+            "SELECT ordering_key, id, a_reason, a_status FROM d",
             7, dead_types);
     Oid retry_types[] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
                          TEXTARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
@@ -205,10 +207,47 @@ int promote() {
     return nkeys == 0 ? 0 : promote_keys(int8s(keys, nkeys));
 }
 
+// The time from enqueue to now of the events the last statement delivered (its second column).
+void time_delivered(Recorded *out) {
+    const TimestampTz now = GetCurrentTimestamp();
+    for (uint64 i = 0; i < SPI_processed; i++) {
+        bool isnull;
+        const Datum at = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+        if (isnull) continue;
+        const double s = static_cast<double>(now - DatumGetTimestampTz(at)) / USECS_PER_SEC;
+        out->latency_buckets[bunce::latency_bucket(s)]++;
+        out->latency_sum_s += Max(s, 0.0);
+    }
+}
+
+// NOTIFY bunce of each dead letter the last statement wrote (columns 2-4: id, reason, status),
+// at commit.
+void notify_dead_letters() {
+    for (uint64 i = 0; i < SPI_processed; i++) {
+        HeapTuple t = SPI_tuptable->vals[i];
+        bool id_null, status_null;
+        const int64 id = DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &id_null));
+        const char *reason = SPI_getvalue(t, SPI_tuptable->tupdesc, 3);
+        const int status = DatumGetInt32(SPI_getbinval(t, SPI_tuptable->tupdesc, 4, &status_null));
+        StringInfoData j;
+        initStringInfo(&j);
+        appendStringInfoString(&j, "{\"event\": \"dead_letter\", \"database\": ");
+        escape_json(&j, my_slot->database);
+        appendStringInfo(&j, ", \"id\": " INT64_FORMAT ", \"reason\": ", id);
+        escape_json(&j, reason ? reason : "");
+        if (status != 0 && !status_null)
+            appendStringInfo(&j, ", \"http_status\": %d}", status);
+        else
+            appendStringInfoString(&j, ", \"http_status\": null}");
+        Async_Notify("bunce", j.data);
+    }
+}
+
 int write_dead(Batch *b) {
     Datum args[] = {int8s(b->ids, b->n),      int4s(b->attempts, b->n), texts(b->keys, b->n),  int4s(b->statuses, b->n),
                     texts(b->messages, b->n), texts(b->extra, b->n),    texts(b->extra2, b->n)};
     run(dead_stmt, args, SPI_OK_SELECT);
+    notify_dead_letters();
     return promote();
 }
 
@@ -301,7 +340,7 @@ void start_delivering() {
 void stop_delivering() { delivering_extension = InvalidOid; }
 
 Recorded record_answers(const Answer *answers, int n) {
-    Recorded out{0, 0, 0, 0, nullptr};
+    Recorded out{};
     Batch ok, gone, again;
     batch_init(&ok, n);
     batch_init(&gone, n);
@@ -333,6 +372,7 @@ Recorded record_answers(const Answer *answers, int n) {
             run(delivered_logged_stmt, args, SPI_OK_SELECT);
         else
             run(delivered_stmt, args, SPI_OK_DELETE_RETURNING);
+        time_delivered(&out);
         out.promoted += promote();
     }
     if (gone.n) out.promoted += write_dead(&gone);
@@ -424,7 +464,16 @@ bool read_holders() {
         if (first == 0) continue;
         pg_read_barrier();
         const FullTransactionId xid = h->xid;
-        if (h->database != MyDatabaseId) continue;
+        const bool prepared = i >= n_backend_holders;
+        if (h->database != MyDatabaseId) {
+            // The slots of prepared transactions are shared by all databases: those of a
+            // database no worker serves are freed here once they end (its worker, when it
+            // starts, scans its outbox from the start anyway).
+            if (prepared && first != kTakingIds && !slot_of_database(h->database) &&
+                !TransactionIdIsInProgress(XidFromFullTransactionId(xid)))
+                pg_atomic_write_u64(&h->first, 0);
+            continue;
+        }
         if (first == kTakingIds) {
             known = false;
             continue;
@@ -434,8 +483,7 @@ bool read_holders() {
             last_full_scan = 0;
             continue;
         }
-        if (i >= n_backend_holders && !TransactionIdIsInProgress(XidFromFullTransactionId(xid)))
-            pg_atomic_write_u64(&h->first, 0);
+        if (prepared && !TransactionIdIsInProgress(XidFromFullTransactionId(xid))) pg_atomic_write_u64(&h->first, 0);
     }
     return known;
 }

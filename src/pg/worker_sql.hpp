@@ -37,6 +37,9 @@ struct Recorded {
     int retried;               // back in the queue
     int promoted;              // events whose turn came (an earlier event of their key left)
     const Answer *last_error;  // the last answer that was not a success, or nullptr
+    // time from enqueue to the 2xx of those delivered: events per bucket, and their sum
+    int latency_buckets[bunce::kLatencyBuckets];
+    double latency_sum_s;
 };
 Recorded record_answers(const Answer *answers, int n);
 

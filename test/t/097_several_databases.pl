@@ -141,6 +141,26 @@ is(workers()->{shop}, $w->{shop}, 'shop\'s worker was not touched');
 enqueue_in('crm', [ 11 .. 15 ], 'crm');
 ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0', db => 'crm'), 'crm: delivering again');
 
+# A served database dropped (WITH (FORCE) ends its worker) and created again is served again
+# without a reload; a template on the list gets no worker (it would block CREATE DATABASE).
+$log = log_offset($node);
+$node->safe_psql('postgres', 'DROP DATABASE billing WITH (FORCE)');
+ok(wait_for('the warning', sub { log_count($node, qr/WARNING:  bunce launcher: database "billing" of bunce.database does not exist/, $log) }),
+	'billing dropped: a warning');
+$node->safe_psql('postgres', 'CREATE DATABASE billing');
+$node->safe_psql('billing', 'CREATE EXTENSION bunce');
+ok(wait_sql($node, 'SELECT state FROM bunce.status', 'running', db => 'billing', timeout => 30),
+	'created again: served again, without a reload');
+cmp_ok(log_count($node, qr/FATAL:  database \d+ does not exist/, $log), '<=', 1,
+	'no worker was started again and again for the dropped database');
+set_databases('shop, crm, later, billing, template1');
+ok(wait_for('the warning', sub { log_count($node, qr/WARNING:  bunce launcher: database "template1" of bunce.database is a template/, $log) }),
+	'template1 listed: a warning');
+ok(!exists workers()->{template1}, '... and no worker');
+$node->safe_psql('postgres', 'CREATE DATABASE made_from_template1');
+pass('CREATE DATABASE still works');
+set_databases('shop, crm, later, billing');
+
 # --------------------------------------------------------------------------------------------
 # One bunce.rate_limit for all: 600 a minute is a request every 100.5 ms, shared in turns.
 

@@ -60,4 +60,9 @@ TEST(DatabaseList, Refused) {
     EXPECT_EQ(refused("a,b,c,d,e"), "more than 4 databases are listed");
     EXPECT_NE(refused(std::string(64, 'x')).find("longer than a database name"), std::string::npos);
     EXPECT_EQ(parse(std::string(63, 'x')), Names{std::string(63, 'x')});
+    // The name quoted in the message is cut at a character, not inside one.
+    std::string long_name;
+    for (int i = 0; i < 40; i++) long_name += "\xc3\xa9";  // é
+    EXPECT_EQ(refused(long_name),
+              "the name \"" + long_name.substr(0, 62) + "...\" is longer than a database name can be");
 }

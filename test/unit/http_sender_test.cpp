@@ -381,6 +381,7 @@ TEST(HttpSender, ClosedPortGivesStatusZeroWithError) {
     EXPECT_EQ(answers[0].id, 7);
     EXPECT_EQ(answers[0].status, 0);
     EXPECT_FALSE(answers[0].error.empty());
+    EXPECT_FALSE(answers[0].timed_out);
     EXPECT_TRUE(answers[0].body.empty());
     const auto v = bunce::classify(answers[0].status, answers[0].body, answers[0].error);
     EXPECT_EQ(v.outcome, bunce::Outcome::retry);
@@ -400,6 +401,7 @@ TEST(HttpSender, SilentServerHitsTheTimeout) {
     EXPECT_EQ(answers[0].id, 9);
     EXPECT_EQ(answers[0].status, 0);
     EXPECT_FALSE(answers[0].error.empty());
+    EXPECT_TRUE(answers[0].timed_out);
     EXPECT_GE(elapsed_ms, 250);
     EXPECT_LT(elapsed_ms, 2000);
     EXPECT_GE(answers[0].seconds, 0.25);

@@ -365,32 +365,6 @@ TEST(RateLimiter, AShareNobodyUsesGoesToTheOthers) {
     EXPECT_GE(sends_between(senders[0].sends, 4 * kMinute, 5 * kMinute), 297);  // two again
 }
 
-TEST(RateLimiter, ATurnGivenBackIsNotCounted) {
-    RateLimiter r(60);
-    ASSERT_EQ(r.take(0, 1), 0);
-    r.give_back(1);  // nothing to send after all
-    EXPECT_EQ(r.wait_us(0, 1), 0);
-    EXPECT_EQ(r.wait_us(0, 2), 0);
-    ASSERT_EQ(r.take(0, 2), 0);
-    EXPECT_EQ(r.wait_us(0, 1), 1'005'000);
-    // Another turn was taken since: too late to give one back.
-    ASSERT_EQ(r.take(1'005'000, 1), 0);
-    ASSERT_EQ(r.take(2'010'000, 2), 0);
-    r.give_back(1);
-    EXPECT_EQ(r.wait_us(2'010'000, 1), 1'005'000);
-    std::vector<Send> sends;
-    for (int64_t now = 0; now < 10 * kMinute; now += 1000) {
-        if (r.take(now, 1) == 0) {
-            if (now % 3 == 0) {
-                r.give_back(1);
-            } else {
-                sends.push_back({now, 60});
-            }
-        }
-    }
-    expect_no_window_above_limit(sends);
-}
-
 TEST(RateLimiter, ASenderGoneWhileBackloggedCostsNoPace) {
     // A worker that died with its backlog flag set: the others wait a moment each turn, and
     // keep the pace.
