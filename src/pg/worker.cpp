@@ -18,7 +18,6 @@
 #include "worker_sql.hpp"
 
 extern "C" {
-#include "commands/async.h"
 #include "common/hashfn.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -107,9 +106,7 @@ void notify_state(WorkerState state, const char *kind, const char *reason, Times
     appendStringInfo(&j, ", \"previous_state\": \"%s\", \"previous_reason\": ", state_name(was));
     escape_json(&j, was_kind);
     appendStringInfoChar(&j, '}');
-    begin("bunce: notifying");
-    Async_Notify("bunce", j.data);
-    end();
+    notify(list_make1(j.data));
 }
 
 // Returns whether the state or its reason changed. `kind` names the reason for bunce.metrics.
@@ -435,6 +432,7 @@ void exchange(const Round &round) {
         if (!look_for_work) next_retry_due = next_due();
     }
     end();
+    send_notifications();
     if (nanswers > 0 || claimed.oversize > 0) publish(recorded, answers, nanswers, claimed.oversize);
 }
 

@@ -220,8 +220,11 @@ void time_delivered(Recorded *out) {
     }
 }
 
-// NOTIFY bunce of each dead letter the last statement wrote (columns 2-4: id, reason, status),
-// at commit.
+MemoryContext caller_cxt;           // current at begin(), current again after end()
+List *pending_notifications = NIL;  // payloads for NOTIFY bunce, in caller_cxt (see notify())
+
+// Notes for NOTIFY bunce each dead letter the last statement wrote (columns 2-4: id, reason,
+// status); they are sent after the transaction (see send_notifications()).
 void notify_dead_letters() {
     for (uint64 i = 0; i < SPI_processed; i++) {
         HeapTuple t = SPI_tuptable->vals[i];
@@ -229,6 +232,7 @@ void notify_dead_letters() {
         const int64 id = DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &id_null));
         const char *reason = SPI_getvalue(t, SPI_tuptable->tupdesc, 3);
         const int status = DatumGetInt32(SPI_getbinval(t, SPI_tuptable->tupdesc, 4, &status_null));
+        MemoryContext old = MemoryContextSwitchTo(caller_cxt);
         StringInfoData j;
         initStringInfo(&j);
         appendStringInfoString(&j, "{\"event\": \"dead_letter\", \"database\": ");
@@ -239,7 +243,8 @@ void notify_dead_letters() {
             appendStringInfo(&j, ", \"http_status\": %d}", status);
         else
             appendStringInfoString(&j, ", \"http_status\": null}");
-        Async_Notify("bunce", j.data);
+        pending_notifications = lappend(pending_notifications, j.data);
+        MemoryContextSwitchTo(old);
     }
 }
 
@@ -251,9 +256,42 @@ int write_dead(Batch *b) {
     return promote();
 }
 
-MemoryContext caller_cxt;  // current at begin(), current again after end()
-
 }  // namespace
+
+// NOTIFY bunce, in a transaction of its own: a full notification queue (a session that
+// listens and never reads holds it) fails the commit, and that must not stop delivery. The
+// notifications are dropped then, with a warning.
+void notify(List *payloads) {
+    if (payloads == NIL) return;
+    MemoryContext cxt = CurrentMemoryContext;
+    in_transaction = true;
+    StartTransactionCommand();
+    PG_TRY();
+    {
+        ListCell *lc;
+        foreach (lc, payloads) Async_Notify("bunce", static_cast<const char *>(lfirst(lc)));
+        CommitTransactionCommand();
+    }
+    PG_CATCH();
+    {
+        MemoryContextSwitchTo(cxt);
+        ErrorData *e = CopyErrorData();
+        FlushErrorState();
+        AbortCurrentTransaction();
+        ereport(WARNING, (errmsg("bunce worker: %d notifications on channel bunce were dropped: %s",
+                                 list_length(payloads), e->message)));
+        FreeErrorData(e);
+    }
+    PG_END_TRY();
+    in_transaction = false;
+    MemoryContextSwitchTo(cxt);
+}
+
+void send_notifications() {
+    List *payloads = pending_notifications;
+    pending_notifications = NIL;
+    notify(payloads);
+}
 
 void begin(const char *activity) {
     caller_cxt = CurrentMemoryContext;

@@ -10,6 +10,7 @@
 extern "C" {
 #include "postgres.h"
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 }
 
 namespace bunce_pg {
@@ -20,6 +21,10 @@ extern volatile sig_atomic_t in_transaction;
 // A short transaction with a snapshot and SPI; `activity` is shown in pg_stat_activity.
 void begin(const char *activity);
 void end();
+// NOTIFY bunce with these payloads (char *), in a transaction of its own; outside a transaction.
+void notify(List *payloads);
+// The notifications of the dead letters recorded by the last transaction; after end().
+void send_notifications();
 
 // Whether extension bunce is installed here at a version whose schema this library knows, and
 // is the one delivery started for; otherwise why not.
