@@ -33,11 +33,13 @@ AnswerDecision decide_answer(const Verdict &verdict, long http_status, int attem
             }
             pause.reason =
                 "Bunce rejected the API key (HTTP " + std::to_string(http_status) + "); set bunce.api_key and reload";
+            pause.kind = "key_refused";
             return {RowAction::retry, nullptr, 0, false};
         case Outcome::rate_limited: {
             const int64_t wait_s = retry_after_s && *retry_after_s > 0 ? *retry_after_s : kRateLimitPauseDefaultS;
             pause.until_us = std::max(pause.until_us, now_us + wait_s * kUsPerSecond);
             pause.reason = "Bunce rate limit (HTTP 429), Retry-After " + std::to_string(wait_s) + " s";
+            pause.kind = "rate_limited";
             return {RowAction::retry, nullptr, 0, false};
         }
         case Outcome::retry: break;

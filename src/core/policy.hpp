@@ -17,6 +17,7 @@ struct SenderPause {
     int64_t until_us = 0;        // 0: not paused by an answer
     int64_t auth_backoff_s = 0;  // the last pause for a refused key; 0 once an event is delivered
     std::string reason;          // for bunce.status and the log
+    const char *kind = "";       // what the reason is, in a word: "key_refused" or "rate_limited"
 };
 
 struct RetryPolicy {

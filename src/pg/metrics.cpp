@@ -73,6 +73,8 @@ Datum bunce_metrics_samples(PG_FUNCTION_ARGS) {
     const double queued = up ? Max(0, s.queued_base + static_cast<int64>(committed - s.committed_at_base)) : 0;
 
     sample(out, "bunce_worker_up", "gauge", "1 while the worker of this database runs", up ? 1 : 0);
+    sample(out, "bunce_in_recovery", "gauge", "1 on a standby, where no worker runs (until a promotion)",
+           RecoveryInProgress() ? 1 : 0);
     const bool paused = up && s.pause_kind[0] != '\0';
     sample(out, "bunce_paused", "gauge", "1 while delivery is paused; reason says why", paused ? 1 : 0, "reason",
            paused ? s.pause_kind : "");

@@ -166,6 +166,17 @@ void sender_abandon_all() {
 int sender_in_flight() { return static_cast<int>(delivery->sender.in_flight()); }
 int sender_staged() { return static_cast<int>(delivery->staged.size()); }
 
+Datum sender_staged_ids() {
+    Datum *ids = nullptr;
+    int n = 0;
+    check(guarded(cpp_error, [&] {
+        ids = static_cast<Datum *>(palloc_extended(sizeof(Datum) * (delivery->staged.size() + 1), MCXT_ALLOC_NO_OOM));
+        if (!ids) throw std::bad_alloc();
+        for (const auto &r : delivery->staged) ids[n++] = Int64GetDatum(r.id);
+    }));
+    return PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+}
+
 Datum sender_held_ids() {
     Datum *ids = nullptr;
     int n = 0;

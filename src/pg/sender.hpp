@@ -42,7 +42,8 @@ void sender_on_timeout();
 // away or changed; the rows stay claimed and are released when delivery starts again).
 void sender_abandon_all();
 int sender_in_flight();
-int sender_staged();  // claimed, not sent yet
+int sender_staged();        // claimed, not sent yet
+Datum sender_staged_ids();  // their outbox ids, a bigint[]
 // The outbox ids of the requests claimed or in flight, as a bigint[].
 Datum sender_held_ids();
 

@@ -44,13 +44,14 @@ namespace {
  * The worker's state between rounds of the loop.
  */
 volatile sig_atomic_t stop_requested = false;
-TimestampTz stop_deadline = 0;   // once stopping: requests in flight have until then
-bunce::SenderPause pause;        // paused by answers (a refused key, the rate limit)
-bool extension_ready = false;    // bunce is installed here, at a version this library works with
-bool look_for_work = true;       // there may be due events
-TimestampTz next_retry_due = 0;  // earliest retry due, 0 when unknown or none
-char key_problem[256];           // why bunce.api_key_file cannot be used, or empty
-MemoryContext loop_cxt;          // reset at the start of every round
+volatile sig_atomic_t finishing = false;  // in the last, short transaction before exiting
+TimestampTz stop_deadline = 0;            // once stopping: requests in flight have until then
+bunce::SenderPause pause;                 // paused by answers (a refused key, the rate limit)
+bool extension_ready = false;             // bunce is installed here, at a version this library works with
+bool look_for_work = true;                // there may be due events
+TimestampTz next_retry_due = 0;           // earliest retry due, 0 when unknown or none
+char key_problem[256];                    // why bunce.api_key_file cannot be used, or empty
+MemoryContext loop_cxt;                   // reset at the start of every round
 
 int connection_room = 0;  // requests in flight the open files limit allows (see make_room_for_sockets)
 
@@ -72,7 +73,8 @@ struct Round {
 // at the next interrupt check, as any backend would.
 void handle_sigterm(SIGNAL_ARGS) {
     stop_requested = true;
-    if (in_transaction) {
+    // (At a server shutdown the launcher, stopping too, signals its workers once more.)
+    if (in_transaction && !finishing) {
         die(postgres_signal_arg);
         return;
     }
@@ -345,6 +347,9 @@ void reload() {
 // again when delivery starts afresh (as after a crash).
 void lose_extension() {
     extension_ready = false;
+    SpinLockAcquire(&shared->mutex);
+    shared->limiter.set_backlogged(my_slot_index, false);
+    SpinLockRelease(&shared->mutex);
     stop_delivering();
     sender_abandon_all();
     SpinLockAcquire(&my_slot->mutex);
@@ -389,8 +394,7 @@ Round decide_state(TimestampTz now) {
     else if (problem)
         set_state(WORKER_PAUSED, "configuration", problem, 0);
     else if (pause.until_us)
-        set_state(WORKER_PAUSED, pause.auth_backoff_s ? "key_refused" : "rate_limited", pause.reason.c_str(),
-                  pause.until_us);
+        set_state(WORKER_PAUSED, pause.kind, pause.reason.c_str(), pause.until_us);
     else
         set_state(WORKER_RUNNING, "", nullptr, 0);
     Round r{!stop_requested && enabled && !problem && !pause.until_us, 0, rate_limited(), 0};
@@ -441,7 +445,7 @@ void exchange(const Round &round) {
 // waits, the others leave it its turns. Returns how long the limiter holds it.
 int64 send_staged(const Round &round) {
     const int staged = sender_staged();
-    const bool ready = staged > 0 && round.may_send;
+    const bool ready = staged > 0 && round.may_send && !pause.until_us;  // (an answer may just have paused it)
     if (round.limited) {
         SpinLockAcquire(&shared->mutex);
         const int64 wait = ready ? shared->limiter.take(bunce::monotonic_us(), my_slot_index) : 0;
@@ -461,6 +465,14 @@ int64 send_staged(const Round &round) {
 
 void stop_if_done(TimestampTz now) {
     if (!stop_requested || (sender_in_flight() > 0 && now < stop_deadline)) return;
+    // A claimed event still waiting for its turn was never sent: it goes back as it was, not
+    // as a possible duplicate.
+    if (extension_ready && sender_staged() > 0) {
+        finishing = true;
+        begin("bunce: releasing claims not sent");
+        release_unsent(sender_staged_ids());
+        end();
+    }
     ereport(LOG, (errmsg("bunce worker stopping")));
     proc_exit(1);  // the launcher starts it again, unless its database left the list
 }
@@ -539,6 +551,7 @@ void start_worker() {
     my_slot->pid = MyProcPid;
     my_slot->started_at = GetCurrentTimestamp();
     my_slot->state = WORKER_STARTING;
+    my_slot->pause_kind[0] = '\0';
     my_slot->paused_reason[0] = '\0';
     SpinLockRelease(&my_slot->mutex);
     BackgroundWorkerInitializeConnectionByOid(database, InvalidOid, 0);

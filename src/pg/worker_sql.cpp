@@ -661,6 +661,16 @@ void release_turns() {
 // (restored with the outbox, written by hand; the claim skips those). Such an event was
 // possibly sent: it is marked, counted and sent again, with the same Idempotency-Key, first of
 // its key (scheduled, due now).
+void release_unsent(Datum ids) {
+    Oid types[] = {INT8ARRAYOID};
+    query_int("releasing claims not sent",
+              "WITH r AS (UPDATE bunce.outbox o SET sending_since = NULL, attempts = o.attempts - 1 "
+              "           FROM (SELECT id FROM bunce.outbox WHERE id = ANY ($1) AND sending_since IS NOT NULL "
+              "                 FOR UPDATE SKIP LOCKED) s WHERE o.id = s.id RETURNING 1) "
+              "SELECT pg_catalog.count(*) FROM r",
+              1, types, &ids);
+}
+
 void release_claims(bool all) {
     char sql[640];
     char older[256] = "";

@@ -63,6 +63,9 @@ TimestampTz next_due();
 int64 count_waiting_retry();
 // Makes claims due again that no request of this worker holds (see worker_sql.cpp).
 void release_claims(bool all);
+// Claims of events that were staged but never sent: back as they were (not possible duplicates).
+// It never waits for a lock (a row locked by someone else stays claimed).
+void release_unsent(Datum ids);
 // Makes parked events due whose key has nothing scheduled before them (see worker_sql.cpp).
 void release_turns();
 // Warns when a subscription could apply other databases' events here (see worker_sql.cpp).

@@ -162,6 +162,24 @@ pass('CREATE DATABASE still works');
 set_databases('shop, crm, later, billing');
 
 # --------------------------------------------------------------------------------------------
+# A claimed event waiting for its turn was never sent: a stop gives it back as it was, not as
+# a possible duplicate. (6 a minute: the second event waits 10 s for its turn.)
+$node->safe_psql('postgres', 'ALTER SYSTEM SET bunce.rate_limit = 6');
+$node->reload;
+ok(wait_sql($node, "SELECT setting FROM pg_settings WHERE name = 'bunce.rate_limit'", '6', db => 'shop'), 'rate limit 6/min');
+$bunce->reset;
+enqueue_in('shop', [ 301, 302 ], 'waiting-turn');
+ok(wait_for('the first request', sub { @{ $bunce->requests } >= 1 }), 'the first event went out');
+ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox WHERE sending_since IS NOT NULL', '1', db => 'shop'),
+	'the second is claimed, waiting for its turn');
+$node->restart(mode => 'fast');
+ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0', db => 'shop', timeout => 60), 'delivered after the restart');
+is(value('shop', 'SELECT possibly_duplicated FROM bunce.status'), '0',
+	'the stop gave it back as it was: not a possible duplicate');
+is(value('shop', 'SELECT string_agg(attempts::text, \',\') FROM (SELECT attempts FROM bunce.deliveries '
+		  . 'ORDER BY id DESC LIMIT 2) d'), '1,1', '... and each of the two delivered at its first attempt');
+
+# --------------------------------------------------------------------------------------------
 # One bunce.rate_limit for all: 600 a minute is a request every 100.5 ms, shared in turns.
 
 $bunce->reset;

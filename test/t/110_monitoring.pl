@@ -173,7 +173,7 @@ SKIP:
 	for my $name (qw(bunce_delivered_total bunce_failed_total bunce_dead_letters bunce_queue_depth bunce_due_now
 		bunce_waiting_retry bunce_in_flight bunce_oldest_pending_seconds bunce_delivery_latency_seconds_bucket
 		bunce_delivery_latency_seconds_sum bunce_delivery_latency_seconds_count bunce_answers_total bunce_paused
-		bunce_possibly_duplicated_total bunce_rate_limit bunce_requests_last_minute bunce_worker_up))
+		bunce_possibly_duplicated_total bunce_rate_limit bunce_requests_last_minute bunce_worker_up bunce_in_recovery))
 	{
 		ok(exists $series{$name}, "the exporter exposes $name");
 	}
@@ -192,7 +192,7 @@ SKIP:
 	ok(@exprs >= 10, 'the dashboard has its panels\' queries');
 	my $rules = slurp_file("$monitoring/alerts.yml");
 	my @rule_exprs = $rules =~ /^ +expr: (\|\n(?: {10}.*\n)+|.*\n)/mg;
-	is(scalar @rule_exprs, 8, 'the alert rules\' expressions');
+	is(scalar @rule_exprs, 9, 'the alert rules\' expressions');
 	for my $expr (@exprs, @rule_exprs)
 	{
 		my @unknown = grep { !exists $series{$_} } $expr =~ /\b(bunce_\w+)/g;
@@ -205,7 +205,7 @@ SKIP:
 	skip 'promtool is not installed (test/deps.sh installs prometheus)', 2 unless -x '/usr/bin/promtool';
 	my ($out, $err);
 	IPC::Run::run([ 'promtool', 'check', 'rules', "$monitoring/alerts.yml" ], '>', \$out, '2>', \$err);
-	like($out, qr/SUCCESS: 8 rules found/, 'promtool check rules: the alert rules are valid') or diag($err);
+	like($out, qr/SUCCESS: 9 rules found/, 'promtool check rules: the alert rules are valid') or diag($err);
 	IPC::Run::run([ 'promtool', 'test', 'rules', "$monitoring/../test/monitoring/alerts_test.yml" ], '>', \$out, '2>', \$err);
 	like($out, qr/SUCCESS/, 'promtool test rules: each alert fires on what should fire it, not on healthy series')
 	  or diag("$out $err");

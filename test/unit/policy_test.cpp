@@ -94,6 +94,21 @@ TEST(DecideAnswer, RateLimitPausesForRetryAfterOrAMinute) {
     EXPECT_EQ(pause.until_us, now + 60 * kSec) << "a shorter Retry-After never shortens a pause";
 }
 
+TEST(DecideAnswer, ThePauseSaysWhatCausedIt) {
+    // A 429 after a key pause (its backoff still remembered), and a 401 during a 429 pause:
+    // the kind follows the reason, whatever came before.
+    SenderPause pause;
+    const int64_t now = 1000 * kSec;
+    answer(Outcome::unauthorized, pause, 1, {}, now, 401);
+    EXPECT_STREQ(pause.kind, "key_refused");
+    answer(Outcome::rate_limited, pause, 1, 30, now + 61 * kSec, 429);
+    EXPECT_STREQ(pause.kind, "rate_limited");
+    EXPECT_GT(pause.auth_backoff_s, 0);
+    answer(Outcome::unauthorized, pause, 1, {}, now + 62 * kSec, 403);
+    EXPECT_STREQ(pause.kind, "key_refused");
+    EXPECT_NE(pause.reason.find("API key"), std::string::npos) << pause.reason;
+}
+
 WaitInputs idle(int64_t now) {
     WaitInputs in{};
     in.now_us = now;
