@@ -166,26 +166,29 @@ void sender_abandon_all() {
 int sender_in_flight() { return static_cast<int>(delivery->sender.in_flight()); }
 int sender_staged() { return static_cast<int>(delivery->staged.size()); }
 
-Datum sender_staged_ids() {
+namespace {
+
+// A bigint[] of the outbox ids of `items`, each given by `id_of`.
+template <typename Items, typename IdOf>
+Datum id_array(const Items &items, IdOf id_of) {
     Datum *ids = nullptr;
     int n = 0;
     check(guarded(cpp_error, [&] {
-        ids = static_cast<Datum *>(palloc_extended(sizeof(Datum) * (delivery->staged.size() + 1), MCXT_ALLOC_NO_OOM));
+        ids = static_cast<Datum *>(palloc_extended(sizeof(Datum) * (items.size() + 1), MCXT_ALLOC_NO_OOM));
         if (!ids) throw std::bad_alloc();
-        for (const auto &r : delivery->staged) ids[n++] = Int64GetDatum(r.id);
+        for (const auto &x : items) ids[n++] = Int64GetDatum(id_of(x));
     }));
     return PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }
 
+}  // namespace
+
+Datum sender_staged_ids() {
+    return id_array(delivery->staged, [](const bunce::HttpRequest &r) { return r.id; });
+}
+
 Datum sender_held_ids() {
-    Datum *ids = nullptr;
-    int n = 0;
-    check(guarded(cpp_error, [&] {
-        ids = static_cast<Datum *>(palloc_extended(sizeof(Datum) * (delivery->claims.size() + 1), MCXT_ALLOC_NO_OOM));
-        if (!ids) throw std::bad_alloc();
-        for (const auto &c : delivery->claims) ids[n++] = Int64GetDatum(c.first);
-    }));
-    return PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+    return id_array(delivery->claims, [](const auto &c) { return c.first; });
 }
 
 }  // namespace bunce_pg
