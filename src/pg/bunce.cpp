@@ -93,10 +93,7 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
         PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
     }
     WorkerSlot s;
-    SpinLockAcquire(&slot->mutex);
-    memcpy(&s, slot, sizeof s);
-    SpinLockRelease(&slot->mutex);
-    const uint64 committed = pg_atomic_read_u64(&slot->committed);
+    const int64 queued = copy_slot(slot, &s);
 
     const char *state = RecoveryInProgress() ? "standby" : state_name(s.state);
     const int64 minute = GetCurrentTimestamp() / USECS_PER_MINUTE;
@@ -116,8 +113,7 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
         if (s.paused_until) set(STATUS_PAUSED_UNTIL, TimestampTzGetDatum(s.paused_until));
     }
     if (alive) {
-        // Approximate between the worker's counts (every 5 s), never below zero.
-        set(STATUS_QUEUED, Int64GetDatum(Max(0, s.queued_base + static_cast<int64>(committed - s.committed_at_base))));
+        set(STATUS_QUEUED, Int64GetDatum(queued));
         set(STATUS_IN_FLIGHT, Int32GetDatum(s.in_flight));
         set(STATUS_WAITING_RETRY, Int64GetDatum(s.waiting_retry));
         set(STATUS_WAITING_TURN, Int64GetDatum(s.waiting_turn));

@@ -48,7 +48,7 @@ struct Served {
 };
 Served served[kMaxDatabases];
 
-// Databases of the list that cannot be served (do not exist, do not allow connections), each
+// Databases of the list that cannot be served (missing, no connections allowed, templates), each
 // logged once while it stays so.
 char unusable[kMaxDatabases][NAMEDATALEN];
 int n_unusable = 0;

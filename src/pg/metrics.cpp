@@ -62,15 +62,10 @@ Datum bunce_metrics_samples(PG_FUNCTION_ARGS) {
     // A copy of this database's slot; none (all zero) without a worker.
     WorkerSlot s;
     memset(&s, 0, sizeof s);
-    uint64 committed = 0;
-    if (WorkerSlot *slot = slot_of_database(MyDatabaseId)) {
-        SpinLockAcquire(&slot->mutex);
-        memcpy(&s, slot, sizeof s);
-        SpinLockRelease(&slot->mutex);
-        committed = pg_atomic_read_u64(&slot->committed);
-    }
+    int64 queue = 0;
+    if (WorkerSlot *slot = slot_of_database(MyDatabaseId)) queue = copy_slot(slot, &s);
     const bool up = s.pid != 0;
-    const double queued = up ? Max(0, s.queued_base + static_cast<int64>(committed - s.committed_at_base)) : 0;
+    const double queued = up ? static_cast<double>(queue) : 0;
 
     sample(out, "bunce_worker_up", "gauge", "1 while the worker of this database runs", up ? 1 : 0);
     sample(out, "bunce_in_recovery", "gauge", "1 on a standby, where no worker runs (until a promotion)",

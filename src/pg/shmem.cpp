@@ -97,6 +97,14 @@ WorkerSlot *slot_of_database(Oid database) {
     return nullptr;
 }
 
+int64 copy_slot(WorkerSlot *slot, WorkerSlot *copy) {
+    SpinLockAcquire(&slot->mutex);
+    memcpy(copy, slot, sizeof *copy);
+    SpinLockRelease(&slot->mutex);
+    const uint64 committed = pg_atomic_read_u64(&slot->committed);
+    return Max(0, copy->queued_base + static_cast<int64>(committed - copy->committed_at_base));
+}
+
 void install_shmem_hooks() {
     prev_shmem_request_hook = shmem_request_hook;
     shmem_request_hook = shmem_request;

@@ -84,6 +84,9 @@ const char *state_name(WorkerState s);
 
 // The slot of a database, or nullptr when it is not served.
 WorkerSlot *slot_of_database(Oid database);
+// A consistent copy of a slot, and its queue size: the worker's last count plus the commits
+// since (approximate between counts, every 5 s), never below zero.
+int64 copy_slot(WorkerSlot *slot, WorkerSlot *copy);
 // Gives a free slot to a database, emptied (the launcher, before the worker starts); InvalidOid
 // frees it.
 void init_slot(WorkerSlot *slot, Oid database, const char *name);

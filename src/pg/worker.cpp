@@ -186,10 +186,15 @@ void publish(const Recorded &r, const Answer *answers, int nanswers, int oversiz
     SpinLockRelease(&my_slot->mutex);
 }
 
-void worker_exit(int, Datum) {
+// The limiter's turns are left to the others: nothing of this worker waits for one.
+void leave_turns() {
     SpinLockAcquire(&shared->mutex);
     shared->limiter.set_backlogged(my_slot_index, false);
     SpinLockRelease(&shared->mutex);
+}
+
+void worker_exit(int, Datum) {
+    leave_turns();
     SpinLockAcquire(&my_slot->mutex);
     my_slot->worker_latch = nullptr;
     my_slot->pid = 0;
@@ -347,9 +352,7 @@ void reload() {
 // again when delivery starts afresh (as after a crash).
 void lose_extension() {
     extension_ready = false;
-    SpinLockAcquire(&shared->mutex);
-    shared->limiter.set_backlogged(my_slot_index, false);
-    SpinLockRelease(&shared->mutex);
+    leave_turns();
     stop_delivering();
     sender_abandon_all();
     SpinLockAcquire(&my_slot->mutex);

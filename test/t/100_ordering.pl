@@ -79,6 +79,15 @@ sub check_order
 
 sub lived { return { map { split /\|/ } split /\n/, $node->safe_psql('postgres', 'SELECT k, n FROM lived') }; }
 
+# Enqueues $count events of customer c<k>, each in a transaction of its own, numbered as lived.
+sub enqueue_for
+{
+	my ($k, $count) = @_;
+	$node->safe_psql('postgres', join '', map {
+			"BEGIN; SELECT bunce_trigger('$EVENT_ID', jsonb_build_object('customer', jsonb_build_object('customer_id', 'c$k'), 'n', next_n($k), 'k', $k)); COMMIT;\n"
+		} 1 .. $count);
+}
+
 # ---- many sessions, one slow customer, one failing customer ---------------------------------
 
 # c1's first answer takes 1.5 s; c2 gets five 503s before its first event goes through.
@@ -131,9 +140,7 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM bunce.dead_letters'), '0',
 
 $bunce->reset;
 $bunce->script([ { status => 422 } ], customer => 'c3');
-$node->safe_psql('postgres', join '', map {
-		"BEGIN; SELECT bunce_trigger('$EVENT_ID', jsonb_build_object('customer', jsonb_build_object('customer_id', 'c3'), 'n', next_n(3), 'k', 3)); COMMIT;\n"
-	} 1 .. 3);
+enqueue_for(3, 3);
 ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0'), 'c3 drained');
 my $c3 = $bunce->requests_of('c3');
 is_deeply([ map { $_->{status} } @$c3 ], [ 422, 200, 200 ], 'the refused first event did not hold up the next two');
@@ -197,9 +204,7 @@ cmp_ok($dups, '<=', 32, "kill: at most max_in_flight events sent twice ($dups)")
 $bunce->reset;
 $bunce->script([ { status => 503, retry_after => 600 } ], customer => 'c6');
 $node->safe_psql('postgres', 'UPDATE lived SET n = 0');
-$node->safe_psql('postgres', join '', map {
-		"BEGIN; SELECT bunce_trigger('$EVENT_ID', jsonb_build_object('customer', jsonb_build_object('customer_id', 'c6'), 'n', next_n(6), 'k', 6)); COMMIT;\n"
-	} 1 .. 2);
+enqueue_for(6, 2);
 ok( wait_sql(
 		$node,
 		"SELECT string_agg(payload ->> 'n' || ':' || (next_attempt_at = 'infinity'), ' ' ORDER BY id) "
@@ -220,9 +225,7 @@ $node->append_conf('postgresql.conf', "bunce.ordering = none\n");
 $node->reload;
 $bunce->script([ { pass => 1, delay_ms => 1000 } ], customer => 'c5');
 $node->safe_psql('postgres', 'UPDATE lived SET n = 0');
-$node->safe_psql('postgres', join '', map {
-		"BEGIN; SELECT bunce_trigger('$EVENT_ID', jsonb_build_object('customer', jsonb_build_object('customer_id', 'c5'), 'n', next_n(5), 'k', 5)); COMMIT;\n"
-	} 1 .. 3);
+enqueue_for(5, 3);
 ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0'), 'none: drained');
 my $c5 = $bunce->requests_of('c5');
 cmp_ok($c5->[-1]{received_at} - $c5->[0]{received_at}, '<', 0.9,
