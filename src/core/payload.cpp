@@ -277,13 +277,33 @@ void check_fields(const PayloadFields &f) {
     }
 }
 
-PreparedPayload prepare_payload(std::string_view text) {
-    // The parser would stop at a NUL byte and take what came before it for the whole text.
-    if (text.find('\0') != std::string_view::npos) throw InvalidJson("payload is not valid JSON");
+namespace {
+
+void check_depth(std::string_view text) {
     if (json_depth(text, kMaxPayloadDepth) > kMaxPayloadDepth)
         throw LimitExceeded(
             "payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
             "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");
+}
+
+}  // namespace
+
+void check_member_value(std::string_view key, std::string_view json_text) {
+    const std::string wrapped = "{" + json(std::string(key)).dump() + ":" + std::string(json_text) + "}";
+    if (wrapped.find('\0') != std::string::npos) throw InvalidJson("payload is not valid JSON");
+    check_depth(wrapped);
+    try {
+        normalise_text(wrapped);  // first: the parser takes a number beyond double precision for an error
+        if (!json::accept(wrapped)) throw InvalidJson("payload is not valid JSON");
+    } catch (const json::exception &) {
+        throw InvalidJson("payload is not valid JSON");
+    }
+}
+
+PreparedPayload prepare_payload(std::string_view text) {
+    // The parser would stop at a NUL byte and take what came before it for the whole text.
+    if (text.find('\0') != std::string_view::npos) throw InvalidJson("payload is not valid JSON");
+    check_depth(text);
     json payload;
     try {
         payload = json::parse(text);

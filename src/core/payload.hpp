@@ -24,6 +24,12 @@ constexpr size_t kMaxPayloadDepth = 32;
 // LimitExceeded.
 PreparedPayload prepare_payload(std::string_view json_text);
 
+// Checks the JSON text of one value of a payload's top-level member `key` for what
+// prepare_payload refuses in any JSON (not valid, too deep, a NUL character, numbers too
+// large or written out too long, date-times out of range), before it is stored as jsonb.
+// Throws as prepare_payload does.
+void check_member_value(std::string_view key, std::string_view json_text);
+
 // The parts of a payload that Bunce's rules are about, for a caller that built the payload
 // itself from typed values (the generic trigger): NULL means absent.
 struct PayloadFields {

@@ -1,5 +1,5 @@
-// The generic trigger as it fires: each row's payload as JSON text, built from the column
-// types (the type-driven encoder), checked, and written to the outbox. A statement-level
+// The generic trigger as it fires: each row's payload built as jsonb from the column types
+// (the type-driven encoder, no JSON text parsed), checked, and written to the outbox. A statement-level
 // trigger writes its transition table's rows in one batch.
 #include <cmath>
 #include <cstring>
@@ -13,14 +13,14 @@
 
 extern "C" {
 #include "executor/executor.h"
-#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/datetime.h"
-#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -32,116 +32,211 @@ namespace bunce_pg {
 namespace {
 
 // Why a column's value cannot be sent as it is (a static string), or nullptr. The value is
-// still written, in PostgreSQL's text form, so that a dead letter keeps it.
+// still written, as a string of PostgreSQL's text form, so that a dead letter keeps it.
 using Problem = const char *;
 constexpr Problem kOutOfRange =
     "holds a date-time that Bunce's form YYYY-MM-DDTHH:MM:SSZ cannot express (a year outside 0001 to 9999, or infinity)";
 constexpr Problem kTooLarge = "holds a number too large for Bunce (beyond double precision)";
 
-// Appends a timestamp (microseconds since 2000-01-01 UTC) in Bunce's form, truncating
-// fractional seconds.
-Problem append_utc(StringInfo buf, TimestampTz ts, Column *c, Datum d) {
+// The payload of one row, built as jsonb value by value: no JSON text is written or parsed.
+struct RowPayload {
+    JsonbParseState *state = nullptr;
+    // The length of the payload's JSON text as the worker sends it (jsonb's text form), but
+    // for the values of json and jsonb columns, which are measured from that text.
+    size_t text_size = 0;
+    bool first = true;  // no member yet in the object being built
+    bunce::PayloadFields fields;
+};
+
+// The length of a string as escape_json writes it, quotes included.
+size_t json_string_size(const char *s, size_t len) {
+    size_t n = 2 + len;
+    for (size_t i = 0; i < len; i++) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+            n += 1;
+        else if (c < ' ')
+            n += 5;  // \u00XX
+    }
+    return n;
+}
+
+void push_string(RowPayload *p, JsonbIteratorToken token, const char *s) {
+    JsonbValue v;
+    v.type = jbvString;
+    v.val.string.val = const_cast<char *>(s);
+    v.val.string.len = static_cast<int>(strlen(s));
+    p->text_size += json_string_size(s, static_cast<size_t>(v.val.string.len));
+    pushJsonbValue(&p->state, token, &v);
+}
+
+void push_key(RowPayload *p, const char *key) {
+    if (!p->first) p->text_size += 2;  // ", "
+    p->first = false;
+    push_string(p, WJB_KEY, key);
+    p->text_size += 2;  // ": "
+}
+
+void push_number(RowPayload *p, Numeric n, size_t text_size) {
+    JsonbValue v;
+    v.type = jbvNumeric;
+    v.val.numeric = n;
+    p->text_size += text_size;
+    pushJsonbValue(&p->state, WJB_VALUE, &v);
+}
+
+// A column's value as its output function writes it, as a string: it cannot be sent as it is.
+Problem push_as_text(RowPayload *p, Column *c, Datum d, Problem problem) {
+    push_string(p, WJB_VALUE, OutputFunctionCall(&c->output, d));
+    return problem;
+}
+
+// A timestamp (microseconds since 2000-01-01 UTC) in Bunce's form, fractional seconds
+// truncated.
+Problem push_utc(RowPayload *p, TimestampTz ts, Column *c, Datum d) {
     struct pg_tm tm;
     fsec_t fsec;
     if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, nullptr, &tm, &fsec, nullptr, nullptr) != 0 || tm.tm_year < 1 ||
-        tm.tm_year > 9999) {
-        escape_json(buf, OutputFunctionCall(&c->output, d));
-        return kOutOfRange;
-    }
-    appendStringInfo(buf, "\"%04d-%02d-%02dT%02d:%02d:%02dZ\"", tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec);
+        tm.tm_year > 9999)
+        return push_as_text(p, c, d, kOutOfRange);
+    push_string(p, WJB_VALUE,
+                psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                         tm.tm_sec));
     return nullptr;
 }
 
 // A date: midnight UTC of that day, so that it stays the same date in Bunce. Its year is
 // read from the day number, which a multiplication into microseconds could overflow.
-Problem append_date(StringInfo buf, DateADT date, Column *c, Datum d) {
+Problem push_date(RowPayload *p, DateADT date, Column *c, Datum d) {
     int year = 0, month, day;
     if (!DATE_NOT_FINITE(date)) j2date(date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
-    if (year < 1 || year > 9999) {
-        escape_json(buf, OutputFunctionCall(&c->output, d));
-        return kOutOfRange;
-    }
-    appendStringInfo(buf, "\"%04d-%02d-%02dT00:00:00Z\"", year, month, day);
+    if (year < 1 || year > 9999) return push_as_text(p, c, d, kOutOfRange);
+    push_string(p, WJB_VALUE, psprintf("%04d-%02d-%02dT00:00:00Z", year, month, day));
     return nullptr;
 }
 
 // Text that is a date-time with an offset is normalised like any payload string.
-Problem append_text(StringInfo buf, const char *text) {
+Problem push_text(RowPayload *p, const char *text) {
     bunce::TimestampText ts;
     CoreError err;
     if (guarded(err, [&] { ts = bunce::classify_timestamp(text); }) && ts.kind == bunce::TimestampText::date_time) {
-        escape_json(buf, ts.utc.c_str());
+        push_string(p, WJB_VALUE, pstrdup(ts.utc.c_str()));
         return nullptr;
     }
-    escape_json(buf, text);
+    push_string(p, WJB_VALUE, text);
     return ts.kind == bunce::TimestampText::out_of_range ? kOutOfRange : nullptr;
 }
 
-// Appends a column's value. *text is set to its text when the item has a role.
-Problem append_value(StringInfo buf, Column *c, Datum d, const LayoutItem *item, const char **text) {
+// A number column. NaN and infinities have no JSON number form: they are sent as strings.
+Problem push_numeric(RowPayload *p, Column *c, Datum d) {
+    const char *s = OutputFunctionCall(&c->output, d);
+    if (!isdigit(static_cast<unsigned char>(s[s[0] == '-']))) {
+        push_string(p, WJB_VALUE, s);
+        return nullptr;
+    }
+    size_t size = strlen(s);
+    Numeric n;
+    if (c->kind == KIND_NUMERIC) {
+        n = DatumGetNumeric(d);
+    } else {
+        n = DatumGetNumeric(
+            DirectFunctionCall3(numeric_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+        // jsonb writes a number out in full: 1e+300 takes 301 characters.
+        if (strchr(s, 'e')) size = strlen(DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n))));
+    }
+    push_number(p, n, size);
+    // numeric goes far beyond double precision, which is what Bunce reads
+    return size > 300 && std::isinf(strtod(s, nullptr)) ? kTooLarge : nullptr;
+}
+
+// The value of a json or jsonb column, as it is.
+void push_jsonb(RowPayload *p, Jsonb *jb) {
+    JsonbValue v;
+    v.type = jbvBinary;
+    v.val.binary.data = &jb->root;
+    v.val.binary.len = static_cast<int>(VARSIZE(jb) - VARHDRSZ);
+    pushJsonbValue(&p->state, WJB_VALUE, &v);
+}
+
+// Pushes a column's value. *text is set to its text when the item has a role. `top_key` is
+// the payload's top-level key the value is under.
+Problem push_value(RowPayload *p, Column *c, Datum d, const LayoutItem *item, const char *top_key, const char **text,
+                   CoreError &err) {
     if (item->role != ROLE_NONE && (c->kind == KIND_TEXT || c->kind == KIND_INT)) {
         // Emails and ids are strings to Bunce (an integer customer_id becomes one).
         *text = OutputFunctionCall(&c->output, d);
-        escape_json(buf, *text);
+        push_string(p, WJB_VALUE, *text);
         return nullptr;
     }
     switch (c->kind) {
-        case KIND_BOOL: appendStringInfoString(buf, DatumGetBool(d) ? "true" : "false"); break;
-        case KIND_INT: appendStringInfoString(buf, OutputFunctionCall(&c->output, d)); break;
-        case KIND_NUMBER: {
-            char *s = OutputFunctionCall(&c->output, d);
-            // NaN and infinities have no JSON number form.
-            if (!isdigit(static_cast<unsigned char>(s[s[0] == '-']))) {
-                escape_json(buf, s);
-                break;
-            }
-            appendStringInfoString(buf, s);
-            // numeric goes far beyond double precision, which is what Bunce reads
-            if (strlen(s) > 300 && std::isinf(strtod(s, nullptr))) return kTooLarge;
-            break;
+        case KIND_BOOL: {
+            JsonbValue v;
+            v.type = jbvBool;
+            v.val.boolean = DatumGetBool(d);
+            p->text_size += v.val.boolean ? 4 : 5;
+            pushJsonbValue(&p->state, WJB_VALUE, &v);
+            return nullptr;
         }
-        case KIND_TIMESTAMPTZ: return append_utc(buf, DatumGetTimestampTz(d), c, d);
+        case KIND_INT: {
+            const char *s = OutputFunctionCall(&c->output, d);
+            push_number(p,
+                        DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum(s),
+                                                            ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1))),
+                        strlen(s));
+            return nullptr;
+        }
+        case KIND_NUMERIC:
+        case KIND_FLOAT: return push_numeric(p, c, d);
+        case KIND_TIMESTAMPTZ: return push_utc(p, DatumGetTimestampTz(d), c, d);
         case KIND_TIMESTAMP: {
             // As PostgreSQL's own cast to timestamptz: the value is local time in TimeZone.
             int overflow = 0;
             const TimestampTz ts = timestamp2timestamptz_opt_overflow(DatumGetTimestamp(d), &overflow);
-            return append_utc(buf, overflow ? DT_NOEND : ts, c, d);
+            return push_utc(p, overflow ? DT_NOEND : ts, c, d);
         }
-        case KIND_DATE: return append_date(buf, DatumGetDateADT(d), c, d);
-        case KIND_JSON: appendStringInfoString(buf, OutputFunctionCall(&c->output, d)); break;
-        case KIND_JSONB: {
-            Jsonb *jb = DatumGetJsonbP(d);
-            JsonbToCString(buf, &jb->root, VARSIZE(jb));
-            break;
+        case KIND_DATE: return push_date(p, DatumGetDateADT(d), c, d);
+        case KIND_JSON: {
+            // Checked as the text of a payload member first: what jsonb cannot store (a NUL
+            // character) is refused as bunce_trigger() refuses it, not by jsonb_in's ERROR.
+            const char *json = OutputFunctionCall(&c->output, d);
+            const char *utf8 = GetDatabaseEncoding() == PG_UTF8 ? json : pg_server_to_any(json, strlen(json), PG_UTF8);
+            CoreError bad;
+            if (!guarded(bad, [&] { bunce::check_member_value(top_key, utf8); })) {
+                if (!err.failed) err = bad;
+                push_string(p, WJB_VALUE, json);
+                return nullptr;
+            }
+            push_jsonb(p, DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json))));
+            return nullptr;
         }
+        case KIND_JSONB: push_jsonb(p, DatumGetJsonbP(d)); return nullptr;
         case KIND_TEXT: {
             const char *value = OutputFunctionCall(&c->output, d);
             if (item->identity) {
-                escape_json(buf, value);
-                break;
+                push_string(p, WJB_VALUE, value);
+                return nullptr;
             }
-            return append_text(buf, value);
+            return push_text(p, value);
         }
     }
     return nullptr;
 }
 
-// The payload of one row as JSON text; NULL columns are left out. Fills in the fields
-// Bunce's rules are about. Returns the first item whose value cannot be sent (its problem in
-// *problem), or nullptr.
-const LayoutItem *row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *slot, bunce::PayloadFields *fields,
-                              Problem *problem) {
-    *fields = bunce::PayloadFields();
-    const LayoutItem *bad = nullptr;
-    resetStringInfo(buf);
-    appendStringInfoChar(buf, '{');
-    bool first = true;
+// Builds the payload of one row as jsonb; NULL columns are left out. Fills in the fields
+// Bunce's rules are about. A value that cannot be sent is kept as a string of its text form
+// (so a dead letter keeps it), and the first one fills in err.
+Jsonb *row_payload(TriggerSetup *s, TupleTableSlot *slot, RowPayload *p, CoreError &err) {
+    pushJsonbValue(&p->state, WJB_BEGIN_OBJECT, nullptr);
+    p->text_size = 2;               // {}
+    const char *top_key = nullptr;  // the top-level key of the current item
+    int depth = 0;
     for (int i = 0; i < s->nitems; i++) {
         LayoutItem *item = &s->items[i];
         if (item->kind == bunce::MappingItem::end_object) {
-            appendStringInfoChar(buf, '}');
-            first = false;
+            pushJsonbValue(&p->state, WJB_END_OBJECT, nullptr);
+            p->text_size += 2;
+            p->first = false;
+            depth--;
             continue;
         }
         Datum d = 0;
@@ -150,63 +245,50 @@ const LayoutItem *row_payload(StringInfo buf, TriggerSetup *s, TupleTableSlot *s
             d = slot_getattr(slot, s->columns[item->column].attnum, &isnull);
             if (isnull) continue;
         }
-        if (!first) appendStringInfoChar(buf, ',');
-        escape_json(buf, item->key);
-        appendStringInfoChar(buf, ':');
+        if (depth == 0) top_key = item->key;
+        push_key(p, item->key);
         if (item->kind == bunce::MappingItem::begin_object) {
-            appendStringInfoChar(buf, '{');
-            fields->has_customer |= item->role == ROLE_CUSTOMER;
-            first = true;
+            pushJsonbValue(&p->state, WJB_BEGIN_OBJECT, nullptr);
+            p->fields.has_customer |= item->role == ROLE_CUSTOMER;
+            p->first = true;
+            depth++;
             continue;
         }
+        Column *c = &s->columns[item->column];
         const char *text = nullptr;
-        if (Problem p = append_value(buf, &s->columns[item->column], d, item, &text); p && !bad) {
-            bad = item;
-            *problem = p;
+        if (Problem problem = push_value(p, c, d, item, top_key, &text, err); problem && !err.failed) {
+            err.failed = true;
+            err.sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
+            snprintf(err.message, sizeof err.message, "payload field \"%s\" (column \"%s\") %s", item->key, c->name,
+                     problem);
+            strlcpy(err.hint, "Correct the value, or leave it out of the mapping.", sizeof err.hint);
         }
         if (item->role == ROLE_EMAIL)
-            fields->email = text;
+            p->fields.email = text;
         else if (item->role == ROLE_CUSTOMER_ID)
-            fields->customer_id = text;
+            p->fields.customer_id = text;
         else if (item->role == ROLE_CUSTOMER_EMAIL)
-            fields->customer_email = text;
-        first = false;
+            p->fields.customer_email = text;
     }
-    appendStringInfoChar(buf, '}');
-    return bad;
+    return JsonbValueToJsonb(pushJsonbValue(&p->state, WJB_END_OBJECT, nullptr));
 }
 
-void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, StringInfo buf, const char *context) {
-    bunce::PayloadFields fields;
-    Problem problem = nullptr;
-    const LayoutItem *bad = row_payload(buf, s, slot, &fields, &problem);
+void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, const char *context) {
+    RowPayload p;
     CoreError err;
-    Datum payload = 0;
-    if (bad) {
-        err.failed = true;
-        err.sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
-        snprintf(err.message, sizeof err.message, "payload field \"%s\" (column \"%s\") %s", bad->key,
-                 s->columns[bad->column].name, problem);
-        strlcpy(err.hint, "Correct the value, or leave it out of the mapping.", sizeof err.hint);
-    } else if (static_cast<size_t>(buf->len) > 2 * static_cast<size_t>(max_payload_size)) {
-        // Far too large whatever its form: refused before anything parses it.
-        within_size_limit(static_cast<size_t>(buf->len), err);
-    } else if (!s->typed_check) {
-        payload = validate_payload(buf->data, 0, err);
-    } else if (guarded(err, [&] { bunce::check_fields(fields); })) {
-        payload = DirectFunctionCall1(jsonb_in, CStringGetDatum(buf->data));
-    }
-    // The text built here is compact. From typed columns, jsonb's text form adds at most a
-    // space after each ',' and ':'; a json column's text may be written in any form. So it
-    // is measured as it will be sent, unless it certainly fits.
-    if (!err.failed && (!s->typed_check || static_cast<size_t>(buf->len) * 2 > static_cast<size_t>(max_payload_size))) {
-        Jsonb *jb = DatumGetJsonbP(payload);
-        char *sent = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
-        within_size_limit(strlen(sent), err);
-        pfree(sent);
+    Jsonb *jb = row_payload(s, slot, &p, err);
+    Datum payload = JsonbPGetDatum(jb);
+    char *text = nullptr;  // the payload's JSON text, when it had to be written
+    if (!err.failed && !s->typed_check) {
+        // json columns, or another encoding than UTF-8: the full check, on the text
+        text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+        payload = validate_payload(text, payload, err);
+    } else if (!err.failed && guarded(err, [&] { bunce::check_fields(p.fields); })) {
+        within_size_limit(p.text_size, err);
     }
     if (err.failed) {
-        refuse_event(err, context, UUIDPGetDatum(&s->event_id), false, buf->data);
+        if (!text) text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+        refuse_event(err, context, UUIDPGetDatum(&s->event_id), false, text);
         return;
     }
     outbox_insert(w, UUIDPGetDatum(&s->event_id), payload);
@@ -228,15 +310,13 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
     triggers_running++;
     const bool deleting = TRIGGER_FIRED_BY_DELETE(td->tg_event);
     char *context = psprintf("trigger \"%s\" on table \"%s\"", tgname, table);
-    StringInfoData buf;
-    initStringInfo(&buf);
     OutboxWriter w;
 
     if (TRIGGER_FIRED_FOR_ROW(td->tg_event)) {
         HeapTuple tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
         TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
         ExecStoreHeapTuple(tuple, slot, false);
-        enqueue_row(single_row_writer(), s, slot, &buf, context);
+        enqueue_row(single_row_writer(), s, slot, context);
         ExecDropSingleTupleTableSlot(slot);
         triggers_running--;
         return PointerGetDatum(nullptr);
@@ -250,7 +330,7 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
     tuplestore_rescan(rows);
     while (tuplestore_gettupleslot(rows, true, false, slot)) {
         MemoryContext old = MemoryContextSwitchTo(per_row);
-        enqueue_row(&w, s, slot, &buf, context);
+        enqueue_row(&w, s, slot, context);
         MemoryContextSwitchTo(old);
         MemoryContextReset(per_row);
         CHECK_FOR_INTERRUPTS();

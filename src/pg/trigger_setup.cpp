@@ -87,8 +87,8 @@ ValueKind kind_of(Oid type) {
         case INT8OID:
         case OIDOID: return KIND_INT;
         case FLOAT4OID:
-        case FLOAT8OID:
-        case NUMERICOID: return KIND_NUMBER;
+        case FLOAT8OID: return KIND_FLOAT;
+        case NUMERICOID: return KIND_NUMERIC;
         case TIMESTAMPTZOID: return KIND_TIMESTAMPTZ;
         case TIMESTAMPOID: return KIND_TIMESTAMP;
         case DATEOID: return KIND_DATE;

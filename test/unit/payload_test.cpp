@@ -500,3 +500,23 @@ TEST(PreparePayload, NumbersThatWouldGrowAreRefused) {
     EXPECT_THROW(prepare_payload("{\"email\": \"ada@example.com\", \"n\": 1" + std::string(70, '0') + "}"),
                  InvalidJson);
 }
+
+// The value of a json column, checked before jsonb stores it: what a payload may not hold is
+// refused in the same terms, naming the member it is under.
+TEST(CheckMemberValue, RefusesWhatAPayloadMayNotHold) {
+    using bunce::check_member_value;
+    EXPECT_NO_THROW(check_member_value("extra", R"({"a": [1, "x", null, {"b": 2.5}]})"));
+    EXPECT_NO_THROW(check_member_value("when", R"("2024-05-01T10:00:00+02:00")"));
+    EXPECT_THROW(check_member_value("customer", R"({"customer_id": 4.5})"), InvalidPayload);
+    EXPECT_THROW(check_member_value("extra", R"({"a": "x\u0000y"})"), InvalidJson);
+    EXPECT_THROW(check_member_value("extra", "[1e70]"), InvalidJson);
+    EXPECT_THROW(check_member_value("extra", R"({"a": "\ud800"})"), InvalidJson);
+    EXPECT_THROW(check_member_value("extra", std::string(40, '[') + std::string(40, ']')), bunce::LimitExceeded);
+    EXPECT_THROW(check_member_value("when", R"("10000-01-01T00:00:00+00:00")"), InvalidPayload);
+    try {
+        check_member_value("extra", R"({"n": 1e400})");
+        ADD_FAILURE() << "accepted 1e400";
+    } catch (const InvalidPayload &e) {
+        EXPECT_NE(std::string(e.what()).find("\"extra\""), std::string::npos) << e.what();
+    }
+}
