@@ -26,7 +26,8 @@ struct HttpSender::Transfer {
     std::string body;  // must outlive the transfer: libcurl does not copy POSTFIELDS
     char error[CURL_ERROR_SIZE];
     curl_slist *key_header = nullptr;  // the Idempotency-Key entry of headers
-    uint64_t generation = 0;           // of the options set on easy (0: none yet)
+    uint64_t generation = 0;           // of the options set on easy (0: none yet, or a GET's)
+    size_t max_body = 0;               // of the answer kept
 
     ~Transfer() {
         curl_slist_free_all(headers);
@@ -37,7 +38,7 @@ struct HttpSender::Transfer {
     // transfer (a returned count other than the one given), and the request is retried.
     static size_t on_body(char *data, size_t size, size_t n, void *self) noexcept {
         auto *t = static_cast<Transfer *>(self);
-        constexpr size_t max = 64 * 1024;  // Bunce answers are small; never hoard a big one
+        const size_t max = t->max_body;  // Bunce answers are small; never hoard a big one
         try {
             if (t->answer.body.size() < max)
                 t->answer.body.append(data, std::min(size * n, max - t->answer.body.size()));
@@ -121,15 +122,22 @@ void HttpSender::submit(HttpRequest request) {
     t->answer = HttpAnswer{request.id, 0, {}, {}, {}, 0};
     t->body = std::move(request.body);
     t->error[0] = '\0';
-    if (t->generation != generation_) {
+    t->max_body = request.max_answer_bytes;
+    const bool get = !request.get_url.empty();
+    if (t->generation != generation_ || get) {
         curl_easy_reset(t->easy);
         set_options(*t);
-        t->generation = generation_;
+        t->generation = get ? 0 : generation_;  // a GET's handle is set up again for a POST
     }
-    set_key_header(*t, request.idempotency_key);
+    set_key_header(*t, get ? std::string() : request.idempotency_key);
     CURL *e = t->easy;
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->body.data());
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->body.size()));
+    if (get) {
+        curl_easy_setopt(e, CURLOPT_URL, request.get_url.c_str());
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->body.data());
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(t->body.size()));
+    }
     if (curl_multi_add_handle(multi_, e) != CURLM_OK) throw std::runtime_error("could not start a request");
     running_.insert(t.release());  // owned through running_ until collect() takes it back
     in_flight_++;
@@ -165,7 +173,8 @@ void HttpSender::set_options(Transfer &t) {
 // The headers; the Idempotency-Key is the list's last entry, rewritten in place when the new
 // key has the length of the old one (a uuid always has).
 void HttpSender::set_key_header(Transfer &t, const std::string &key) {
-    const std::string key_header = "Idempotency-Key: " + key;
+    // No key: "Idempotency-Key:" with nothing after the colon sends no such header.
+    const std::string key_header = key.empty() ? "Idempotency-Key:" : "Idempotency-Key: " + key;
     if (t.key_header && std::strlen(t.key_header->data) == key_header.size()) {
         std::memcpy(t.key_header->data, key_header.data(), key_header.size());
         return;

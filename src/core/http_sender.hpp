@@ -18,6 +18,10 @@ struct HttpRequest {
     int64_t id;  // outbox id, handed back with the answer
     std::string body;
     std::string idempotency_key;
+    // Not empty: a GET of this URL instead (no body, no Idempotency-Key), whose answer may be
+    // up to max_answer_bytes long.
+    std::string get_url = {};
+    size_t max_answer_bytes = 64 * 1024;
 };
 
 struct HttpAnswer {

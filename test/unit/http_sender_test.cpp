@@ -620,3 +620,37 @@ TEST(HttpSender, PlainHttpIgnoresProxies) {
     EXPECT_EQ(answers[0].status, 200) << answers[0].error;
     EXPECT_EQ(server.requests().size(), 1u);
 }
+
+// The catalog's pages: a GET with the key and no Idempotency-Key, a larger answer allowed,
+// and the same handle posting events again afterwards.
+TEST(HttpSender, GetThenPostOnTheSameConnection) {
+    TestServer server([](const ReceivedRequest &r) -> std::optional<std::string> {
+        if (r.method == "GET") return http_response(200, std::string(100 * 1024, 'g'));
+        return http_response(200, R"({"success":true})");
+    });
+    HttpSender sender;
+    sender.configure(options_for(server.url()));
+    HttpRequest get{-1, "", ""};
+    get.get_url = server.url("/v1/events?per_page=100");
+    get.max_answer_bytes = 1024 * 1024;
+    sender.submit(get);
+    auto answers = drive(sender, 1);
+    ASSERT_EQ(answers.size(), 1u);
+    EXPECT_EQ(answers[0].id, -1);
+    EXPECT_EQ(answers[0].body.size(), 100u * 1024) << "not capped at 64 KiB";
+    sender.submit(HttpRequest{2, R"({"email":"ada@example.com"})", "k-after-get"});
+    answers = drive(sender, 1);
+    ASSERT_EQ(answers.size(), 1u);
+    EXPECT_EQ(answers[0].status, 200);
+    const auto requests = server.requests();
+    ASSERT_EQ(requests.size(), 2u);
+    EXPECT_EQ(requests[0].method, "GET");
+    EXPECT_EQ(requests[0].target, "/v1/events?per_page=100");
+    EXPECT_EQ(requests[0].body, "");
+    EXPECT_FALSE(requests[0].has_header("idempotency-key"));
+    EXPECT_FALSE(requests[0].header("x-authorization").empty());
+    EXPECT_EQ(requests[1].method, "POST");
+    EXPECT_EQ(requests[1].target, "/v1/events/trigger");
+    EXPECT_EQ(requests[1].header("idempotency-key"), "k-after-get");
+    EXPECT_EQ(requests[1].body, R"({"email":"ada@example.com"})");
+}

@@ -1,0 +1,40 @@
+// Bunce's event definitions (GET /v1/events, cursor pages): each event's id, name and
+// parameters {name, type: text|numeric|timestamp, required}, read from Bunce's answers.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace bunce {
+
+struct EventDefinition {
+    std::string id;  // a uuid, lower case
+    std::string name;
+    std::string description;
+    std::string parameters;  // the parameters array as Bunce returned it, JSON text
+};
+
+struct EventsPage {
+    std::vector<EventDefinition> events;
+    bool has_next_page = false;
+    std::string next_page_cursor;
+};
+
+// At most this many events per page, and the pages of one sync at most (a catalog of
+// 100,000 events): an answer that keeps saying "next page" cannot make a sync endless.
+constexpr int kEventsPerPage = 100;
+constexpr int kMaxEventsPages = 1000;
+// Bytes of one page's answer (the answers to triggers are kept to 64 kB).
+constexpr size_t kMaxEventsPageBytes = 4 * 1024 * 1024;
+
+// The URL of one page: `base` is bunce.api_url without a trailing slash; an empty cursor is
+// the first page.
+std::string events_page_url(std::string_view base, std::string_view cursor);
+
+// Reads one page: {"success": true, "data": [event, ...], "meta": {"has_next_page": bool,
+// "next_page_cursor": "..."}}. Throws std::runtime_error naming what is wrong (never
+// quoting the answer).
+EventsPage parse_events_page(std::string_view body);
+
+}  // namespace bunce
