@@ -92,7 +92,8 @@ CREATE FUNCTION bunce.worker_state(
     OUT delivered_last_hour bigint, OUT failed_last_hour bigint,
     OUT requests_last_minute integer, OUT last_success_at timestamptz,
     OUT last_error_status integer, OUT last_error text, OUT last_error_at timestamptz,
-    OUT started_at timestamptz, OUT waiting_turn bigint)
+    OUT started_at timestamptz, OUT waiting_turn bigint,
+    OUT catalog_synced_at timestamptz, OUT catalog_events integer, OUT catalog_error text)
     RETURNS record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'bunce_worker_state';
 CREATE VIEW bunce.status AS
 SELECT w.state,
@@ -117,7 +118,10 @@ SELECT w.state,
        w.last_error_at,
        current_setting('bunce.rate_limit')::integer AS rate_limit,
        w.requests_last_minute,
-       w.started_at
+       w.started_at,
+       w.catalog_synced_at,
+       w.catalog_events,
+       w.catalog_error
 FROM bunce.worker_state() w;
 COMMENT ON VIEW bunce.status IS 'one row: delivery worker state, queue, counters, last error';
 REVOKE ALL ON FUNCTION bunce.worker_state() FROM PUBLIC;
@@ -166,3 +170,25 @@ REVOKE ALL ON FUNCTION bunce.metrics_samples() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bunce.metrics_samples() TO bunce_admin;
 REVOKE ALL ON bunce.metrics FROM PUBLIC;
 GRANT SELECT ON bunce.metrics TO bunce_admin;
+
+-- The event catalog: Bunce's event definitions (GET /v1/events), synced by the worker. A
+-- cache of what Bunce says, not data of this database: pg_dump leaves it out, and a restored
+-- database syncs it again.
+CREATE TABLE bunce.events (
+    id uuid PRIMARY KEY,
+    name text NOT NULL,
+    description text NOT NULL DEFAULT '',
+    parameters jsonb NOT NULL DEFAULT '[]',
+    synced_at timestamptz NOT NULL
+);
+CREATE INDEX events_name_idx ON bunce.events (name);
+COMMENT ON TABLE bunce.events IS 'Bunce''s event definitions (GET /v1/events), synced by the worker';
+REVOKE ALL ON bunce.events FROM PUBLIC;
+GRANT SELECT ON bunce.events TO bunce_admin;
+
+CREATE FUNCTION bunce.refresh_events() RETURNS integer
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'bunce_refresh_events';
+COMMENT ON FUNCTION bunce.refresh_events() IS
+    'asks the worker to sync bunce.events from Bunce now, waits for it, returns the number of events';
+REVOKE ALL ON FUNCTION bunce.refresh_events() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bunce.refresh_events() TO bunce_admin;

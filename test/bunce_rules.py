@@ -26,6 +26,7 @@ Semantics worth knowing when reading the numbers:
   * The X-Authorization value is never stored, logged or printed ("<redacted>", auth_ok).
 """
 
+import base64
 import collections
 import json
 import math
@@ -172,6 +173,9 @@ class Bunce:
         self.rate_limit = rate_limit
         self.block_seconds = block_seconds
         self.events = set()
+        self.catalog = []             # event definitions served by GET /v1/events
+        self.catalog_page_size = 20   # Bunce's default page
+        self.catalog_status = None    # an HTTP status GET /v1/events answers instead, or None
         self.log = open(log_path, "a", encoding="utf-8") if log_path else None
         self.reset()
 
@@ -198,6 +202,7 @@ class Bunce:
         self.max_window = 0
         self.dropped = 0
         self.hung = 0
+        self.catalog_requests = 0
 
     # -- the API ----------------------------------------------------------------------
     def handle(self, ip, method, target, headers, body, length_missing):
@@ -211,10 +216,43 @@ class Bunce:
                 return (429, RATE_LIMITED_BODY, [("Retry-After", retry)]), 0
             if path == TRIGGER_PATH:
                 return (405, fail_body("Method not allowed"), [("Allow", "POST")]), 0
+            if method == "GET" and (path == "/v1/events" or path.startswith("/v1/events/")):
+                return self.events_api(target, path, headers), 0
             return NOT_FOUND, 0
         if path.startswith("/control/"):
             return self.control(method, target, path, body), 0
         return NOT_FOUND, 0
+
+    def events_api(self, target, path, headers):
+        """GET /v1/events (cursor pages) and GET /v1/events/{id}, from the catalog."""
+        self.catalog_requests += 1
+        if dict(headers).get("x-authorization") != self.api_key:
+            return 401, UNAUTHORIZED_BODY, []
+        if self.catalog_status is not None:
+            return self.catalog_status, fail_body(f"scripted {self.catalog_status}"), []
+        if path != "/v1/events":
+            wanted = path[len("/v1/events/"):].lower()
+            for e in self.catalog:
+                if e["id"].lower() == wanted:
+                    return 200, {"success": True, "message": "Event fetched", "data": e}, []
+            return 404, fail_body("Event not found"), []
+        query = parse_qs(urlsplit(target).query)
+        try:
+            per_page = min(int(query.get("per_page", ["20"])[0]), self.catalog_page_size)
+            start = int(base64.urlsafe_b64decode(query["cursor"][0]).decode()) if "cursor" in query else 0
+        except (ValueError, UnicodeDecodeError):
+            return 400, fail_body("Invalid cursor"), []
+        per_page = max(per_page, 1)
+        page = self.catalog[start:start + per_page]
+        more = start + per_page < len(self.catalog)
+
+        def cursor(offset):
+            return base64.urlsafe_b64encode(str(offset).encode()).decode()
+        meta = {"has_next_page": more, "has_prev_page": start > 0,
+                "next_page_cursor": cursor(start + per_page) if more else None,
+                "prev_page_cursor": cursor(max(start - per_page, 0)) if start > 0 else None,
+                "per_page": per_page}
+        return 200, {"success": True, "message": "Events fetched", "data": page, "meta": meta}, []
 
     def rate_gate(self, ip, now):
         """None if the request may proceed, else the Retry-After seconds for a 429."""
@@ -352,6 +390,12 @@ class Bunce:
             return 422, fail_body(message), []
         if self.events and event_id.lower() not in self.events:
             return 404, fail_body("Event not found"), []
+        definition = next((e for e in self.catalog if e["id"].lower() == event_id.lower()), None)
+        if definition is not None:
+            payload = doc.get("payload")
+            for p in definition.get("parameters") or []:
+                if p.get("required") and (not isinstance(payload, dict) or payload.get(p["name"]) is None):
+                    return 422, fail_body(f"{p['name']} is required and must be present"), []
         return 200, SUCCESS_BODY, []
 
     # -- the control API --------------------------------------------------------------
@@ -402,6 +446,7 @@ class Bunce:
                 "duplicates": self.duplicates, "skipped_timestamps": self.skipped,
                 "rate_limit_violations": self.violations, "max_in_any_60s_window": self.max_window,
                 "dropped": self.dropped, "hung": self.hung, "script_pending": len(self.script),
+                "catalog_requests": self.catalog_requests,
                 "customer_script_pending": {k: len(q) for k, q in self.customer_scripts.items()}}
 
     def configure(self, cfg):
@@ -419,6 +464,24 @@ class Bunce:
         if not isinstance(events, list) or not all(
                 isinstance(e, str) and UUID_RE.fullmatch(e) for e in events):
             raise ValueError("events must be a list of UUID strings")
+        catalog = cfg.get("catalog", [])
+        if not isinstance(catalog, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("id"), str) and UUID_RE.fullmatch(e["id"])
+                and isinstance(e.get("name"), str) and isinstance(e.get("parameters", []), list)
+                for e in catalog):
+            raise ValueError("catalog must be a list of events {id, name, description, parameters}")
+        page_size = cfg.get("catalog_page_size", 20)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError("catalog_page_size must be a positive integer")
+        catalog_status = cfg.get("catalog_status")
+        if catalog_status is not None and (isinstance(catalog_status, bool) or not isinstance(catalog_status, int)):
+            raise ValueError("catalog_status must be an HTTP status or null")
+        if "catalog" in cfg:
+            self.catalog = catalog
+        if "catalog_page_size" in cfg:
+            self.catalog_page_size = page_size
+        if "catalog_status" in cfg:
+            self.catalog_status = catalog_status
         if "api_key" in cfg:
             self.api_key = cfg["api_key"]
         if "rate_limit" in cfg:

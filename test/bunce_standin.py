@@ -15,7 +15,12 @@ dropped or hung connections) through an unauthenticated /control/ API:
                           (of that customer only, if given)
   GET  /control/stats     counters (received, by_status, delivered, duplicates, ...)
   POST /control/reset     clear records, stats, scripts (per customer too) and rate-limit blocks
-  POST /control/config    {"api_key", "rate_limit", "block_seconds", "events": [uuid, ...]}
+  POST /control/config    {"api_key", "rate_limit", "block_seconds", "events": [uuid, ...],
+                           "catalog": [{id, name, description, parameters}, ...],
+                           "catalog_page_size": N, "catalog_status": S | null}
+  GET  /v1/events?per_page=N&cursor=C, GET /v1/events/{id}   the catalog, as Bunce serves it
+                          (cursor pages; catalog_status answers instead when set); a trigger
+                          of a catalog event without a required parameter is answered 422
   GET  /control/health    {"ok": true}
 
 This file is the HTTP/1.1 server and the command line; Bunce's rules, the records, the

@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <stdexcept>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -104,6 +105,19 @@ EventsPage parse_events_page(std::string_view body) {
         if (page.has_next_page && page.next_page_cursor.empty()) refuse("a next page without a cursor");
     }
     return page;
+}
+
+std::string events_json(const std::vector<EventDefinition> &events) {
+    std::unordered_set<std::string> seen;
+    json out = json::array();
+    for (auto e = events.rbegin(); e != events.rend(); ++e) {
+        if (!seen.insert(e->id).second) continue;
+        out.push_back({{"id", e->id},
+                       {"name", e->name},
+                       {"description", e->description},
+                       {"parameters", json::parse(e->parameters)}});
+    }
+    return out.dump();
 }
 
 }  // namespace bunce

@@ -37,4 +37,8 @@ std::string events_page_url(std::string_view base, std::string_view cursor);
 // quoting the answer).
 EventsPage parse_events_page(std::string_view body);
 
+// The events of a sync as one JSON array of {id, name, description, parameters}, each id
+// once (the later one: pages that moved while they were read).
+std::string events_json(const std::vector<EventDefinition> &events);
+
 }  // namespace bunce

@@ -47,6 +47,9 @@ enum StatusColumn {
     STATUS_LAST_ERROR_AT,
     STATUS_STARTED_AT,
     STATUS_WAITING_TURN,
+    STATUS_CATALOG_SYNCED_AT,
+    STATUS_CATALOG_EVENTS,
+    STATUS_CATALOG_ERROR,
     STATUS_NATTS
 };
 
@@ -131,6 +134,11 @@ Datum worker_state_row(FunctionCallInfo fcinfo) {
         set(STATUS_LAST_ERROR_AT, TimestampTzGetDatum(s.last_error_at));
     }
     if (s.started_at) set(STATUS_STARTED_AT, TimestampTzGetDatum(s.started_at));
+    if (s.catalog_synced_at) {
+        set(STATUS_CATALOG_SYNCED_AT, TimestampTzGetDatum(s.catalog_synced_at));
+        set(STATUS_CATALOG_EVENTS, Int32GetDatum(s.catalog_events));
+    }
+    if (s.catalog_error[0]) set(STATUS_CATALOG_ERROR, CStringGetTextDatum(s.catalog_error));
     PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

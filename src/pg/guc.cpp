@@ -29,6 +29,7 @@ char *api_url;
 int rate_limit;
 int max_in_flight;
 int request_timeout_ms;
+int catalog_refresh_s;
 int max_attempts;
 bool enabled;
 char *ca_file;
@@ -208,6 +209,10 @@ void define_gucs() {
     DefineCustomIntVariable("bunce.request_timeout", "Time limit of one request to Bunce.", nullptr,
                             &request_timeout_ms, 10000, 100, 600000, PGC_SIGHUP, GUC_UNIT_MS, nullptr, nullptr,
                             nullptr);
+    DefineCustomIntVariable(
+        "bunce.catalog_refresh",
+        "How often the worker syncs the event catalog (bunce.events) from Bunce; 0: only when asked.", nullptr,
+        &catalog_refresh_s, 600, 0, 7 * 24 * 3600, PGC_SIGHUP, GUC_UNIT_S, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("bunce.max_attempts", "Attempts before an event that keeps failing is dead-lettered.",
                             nullptr, &max_attempts, 20, 1, 1000, PGC_SIGHUP, 0, nullptr, nullptr, nullptr);
     DefineCustomBoolVariable("bunce.enabled", "Whether the worker delivers events (off pauses delivery only).",

@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "catalog.hpp"
 #include "guard.hpp"
 #include "http_sender.hpp"
 #include "sender.hpp"
@@ -33,12 +34,21 @@ struct Delivery {
     };
     std::unordered_map<int64_t, Claim> claims;
     std::mt19937_64 random{std::random_device{}()};
+    std::string api_base;  // bunce.api_url without a trailing slash
+    struct Catalog {
+        CatalogStep step = CATALOG_IDLE;
+        std::vector<bunce::EventDefinition> events;
+        std::string cursor;  // of the next page
+        int pages = 0;
+        std::string error;
+    } catalog;
 };
 Delivery *delivery = nullptr;  // never destroyed: the process exits instead
 
 CoreError cpp_error;
 
 constexpr size_t kResponseChars = 2000;  // of Bunce's answer, kept with a dead letter
+constexpr int64_t kCatalogRequest = -1;  // the id of a catalog page's request (outbox ids are > 0)
 
 // Retry schedule: attempt n waits a random time in [0.5 s, min(10 min, 2^(n-1) s)].
 constexpr int64 kBackoffBaseMs = 1000;
@@ -59,6 +69,7 @@ void sender_configure() {
         bunce::SenderOptions o;
         std::string url = api_url;
         while (!url.empty() && url.back() == '/') url.pop_back();
+        delivery->api_base = url;
         o.url = url + "/events/trigger";
         o.api_key = api_key();
         o.user_agent = "bunce/" BUNCE_VERSION;
@@ -92,6 +103,89 @@ void sender_submit_staged() {
     }));
 }
 
+namespace {
+
+// One page of the catalog's answer: the next page to ask for, the end, or the failure (which
+// names what went wrong, never the key).
+void read_catalog_page(const bunce::HttpAnswer &a) {
+    auto &c = delivery->catalog;
+    auto fail = [&c](std::string why) {
+        c.step = CATALOG_FAILED;
+        c.error = "GET /events " + why;
+    };
+    if (!a.error.empty()) return fail("failed: " + a.error);
+    if (a.status < 200 || a.status >= 300) {
+        const bunce::Verdict v = bunce::classify(a.status, a.body, a.error);
+        return fail("answered HTTP " + std::to_string(a.status) + ": " + v.message);
+    }
+    if (a.body.size() >= bunce::kMaxEventsPageBytes)
+        return fail("answered a page of more than " + std::to_string(bunce::kMaxEventsPageBytes) + " bytes");
+    bunce::EventsPage page;
+    try {
+        page = bunce::parse_events_page(a.body);
+    } catch (const std::runtime_error &e) {
+        c.step = CATALOG_FAILED;
+        c.error = e.what();
+        return;
+    }
+    for (auto &e : page.events) c.events.push_back(std::move(e));
+    c.pages++;
+    if (!page.has_next_page) {
+        c.step = CATALOG_DONE;
+    } else if (c.pages >= bunce::kMaxEventsPages) {
+        fail("has more than " + std::to_string(bunce::kMaxEventsPages) + " pages");
+    } else {
+        c.cursor = std::move(page.next_page_cursor);
+        c.step = CATALOG_NEXT_PAGE;
+    }
+}
+
+}  // namespace
+
+void sender_catalog_start() {
+    check(guarded(cpp_error, [] { delivery->catalog = Delivery::Catalog(); }));
+}
+
+void sender_stage_catalog_page() {
+    check(guarded(cpp_error, [] {
+        bunce::HttpRequest r{kCatalogRequest, {}, {}};
+        r.get_url = bunce::events_page_url(delivery->api_base, delivery->catalog.cursor);
+        r.max_answer_bytes = bunce::kMaxEventsPageBytes;
+        delivery->staged.push_back(std::move(r));
+        delivery->catalog.step = CATALOG_PAGE_OUT;
+    }));
+}
+
+CatalogStep sender_catalog_step() {
+    const CatalogStep step = delivery->catalog.step;
+    if (step == CATALOG_DONE || step == CATALOG_FAILED || step == CATALOG_NEXT_PAGE)
+        delivery->catalog.step = CATALOG_IDLE;
+    return step;
+}
+
+char *sender_catalog_json() {
+    char *out = nullptr;
+    const bool utf8 = GetDatabaseEncoding() == PG_UTF8;
+    check(guarded(cpp_error, [&] {
+        auto &events = delivery->catalog.events;
+        std::string json = bunce::events_json(events);
+        events.clear();
+        // Bunce writes UTF-8; a database in another encoding keeps the ASCII only (as answers).
+        if (!utf8)
+            for (char &ch : json)
+                if (static_cast<unsigned char>(ch) >= 0x80) ch = '?';
+        out = pstrdup_nothrow(json.data(), json.size());
+    }));
+    return out;
+}
+
+char *sender_catalog_error() {
+    char *out = nullptr;
+    const std::string &e = delivery->catalog.error;
+    check(guarded(cpp_error, [&] { out = pstrdup_nothrow(e.data(), e.size()); }));
+    return out;
+}
+
 int sender_collect(Answer **out, bunce::SenderPause &pause) {
     int n = 0;
     const bool utf8 = GetDatabaseEncoding() == PG_UTF8;
@@ -112,6 +206,10 @@ int sender_collect(Answer **out, bunce::SenderPause &pause) {
             return pstrdup_nothrow(t.data(), t.size());
         };
         for (const auto &a : answers) {
+            if (a.id == kCatalogRequest) {
+                read_catalog_page(a);
+                continue;
+            }
             bunce::Verdict v = bunce::classify(a.status, a.body, a.error);
             Answer &x = r[n++];
             x.id = a.id;
@@ -160,6 +258,10 @@ void sender_abandon_all() {
         delivery->sender.abandon_all();
         delivery->staged.clear();
         delivery->claims.clear();
+        if (delivery->catalog.step == CATALOG_PAGE_OUT) {
+            delivery->catalog.step = CATALOG_FAILED;
+            delivery->catalog.error = "the sync was stopped (delivery stopped)";
+        }
     }));
 }
 

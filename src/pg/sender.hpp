@@ -34,6 +34,23 @@ void sender_submit_staged();
 // Answers that arrived, decided; returns how many, *out palloc'd. Updates `pause`.
 int sender_collect(Answer **out, bunce::SenderPause &pause);
 
+// The event catalog's sync, page by page (GET /events): the answers come in through
+// sender_collect, which reads them; sender_catalog_step() then says what is next.
+enum CatalogStep {
+    CATALOG_IDLE,       // no sync under way
+    CATALOG_PAGE_OUT,   // a page's request is staged or in flight
+    CATALOG_NEXT_PAGE,  // a page was read: stage the next one
+    CATALOG_DONE,       // the last page was read: store the catalog (sender_catalog_json)
+    CATALOG_FAILED      // the sync failed (sender_catalog_error); the catalog stays as it was
+};
+void sender_catalog_start();
+void sender_stage_catalog_page();
+// What the answers collected last made of the sync; DONE and FAILED are said once (then IDLE).
+CatalogStep sender_catalog_step();
+// The events read, as a JSON array of {id, name, description, parameters}, palloc'd.
+char *sender_catalog_json();
+char *sender_catalog_error();
+
 int sender_poll_fd();      // readable when a socket needs attention
 long sender_timeout_ms();  // libcurl's timer, -1 when none
 void sender_on_ready();

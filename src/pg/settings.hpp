@@ -12,6 +12,7 @@ extern char *api_url;
 extern int rate_limit;
 extern int max_in_flight;
 extern int request_timeout_ms;
+extern int catalog_refresh_s;  // bunce.catalog_refresh
 extern int max_attempts;
 extern bool enabled;
 extern char *ca_file;

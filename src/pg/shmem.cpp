@@ -46,6 +46,7 @@ void shmem_startup() {
             pg_atomic_init_u32(&w.database_id, InvalidOid);
             pg_atomic_init_u64(&w.committed, 0);
             pg_atomic_init_u32(&w.work_signalled, 0);
+            ConditionVariableInit(&w.catalog_cv);
             w.state = WORKER_STOPPED;
         }
     }

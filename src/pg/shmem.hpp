@@ -13,6 +13,7 @@ extern "C" {
 #include "access/transam.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
+#include "storage/condition_variable.h"
 #include "storage/spin.h"
 }
 
@@ -34,6 +35,7 @@ struct WorkerSlot {
     pg_atomic_uint32 database_id;     // InvalidOid: the slot is free (written by the launcher)
     pg_atomic_uint64 committed;       // events enqueued by committed transactions, ever
     pg_atomic_uint32 work_signalled;  // 1: the worker was told of new work and has not claimed since
+    ConditionVariable catalog_cv;     // broadcast when a catalog sync ends
     // From here on: emptied when the slot is given to a database (init_slot).
     char database[NAMEDATALEN];
     Latch *worker_latch;  // set while the worker runs
@@ -65,6 +67,14 @@ struct WorkerSlot {
     // enqueue to 2xx: events per bucket (not cumulative), and their sum
     uint64 latency_buckets[bunce::kLatencyBuckets];
     double latency_sum_s;
+    // The event catalog: bunce.refresh_events() raises catalog_asked and waits until
+    // catalog_done reaches it (the number asked when the sync that ended began).
+    uint64 catalog_asked;
+    uint64 catalog_done;
+    bool catalog_failed;            // the last sync that ended failed (catalog_error says why)
+    TimestampTz catalog_synced_at;  // of the last good sync
+    int catalog_events;
+    char catalog_error[256];  // of the last sync that failed, kept until one succeeds
 };
 
 static_assert(kMaxDatabases <= bunce::RateLimiter::kMaxSenders, "a limiter turn for each database's worker");

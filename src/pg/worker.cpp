@@ -55,6 +55,16 @@ MemoryContext loop_cxt;                   // reset at the start of every round
 
 int connection_room = 0;  // requests in flight the open files limit allows (see make_room_for_sockets)
 
+// The event catalog's sync (its pages: sender.cpp): at start and every bunce.catalog_refresh
+// (0: never on its own), and whenever bunce.refresh_events() asks.
+TimestampTz catalog_due = 0;                           // the next sync on its own, 0 when none
+int catalog_planned_for = -1;                          // the bunce.catalog_refresh catalog_due was planned for
+bool catalog_syncing = false;                          // a sync is under way
+bool catalog_page_wanted = false;                      // its next page's request is to be staged
+uint64 catalog_ticket = 0;                             // catalog_asked when the sync under way began
+constexpr int64 kCatalogRetryUs = 60 * USECS_PER_SEC;  // after a failed sync, at first
+int64 catalog_retry_us = kCatalogRetryUs;              // doubling while syncs fail
+
 constexpr int64 kHousekeepingUs = USECS_PER_SEC;
 constexpr int64 kRecountUs = 5 * USECS_PER_SEC;
 TimestampTz last_housekeeping = 0;
@@ -381,6 +391,55 @@ bool wait_for_extension() {
     return false;
 }
 
+// Starts a sync when one is due or asked for, and stages its next page's request. Under a
+// rate limit the request takes a turn as an event's does: only when nothing else is staged.
+void plan_catalog(TimestampTz now, bool limited) {
+    if (catalog_planned_for != catalog_refresh_s) {  // at start, and when the setting changed
+        catalog_planned_for = catalog_refresh_s;
+        catalog_due = catalog_refresh_s > 0 ? now : 0;
+    }
+    if (!catalog_syncing) {
+        SpinLockAcquire(&my_slot->mutex);
+        const uint64 asked = my_slot->catalog_asked;
+        const bool answered = my_slot->catalog_done >= asked;
+        SpinLockRelease(&my_slot->mutex);
+        if (answered && !(catalog_due && now >= catalog_due)) return;
+        catalog_ticket = asked;
+        catalog_syncing = catalog_page_wanted = true;
+        sender_catalog_start();
+    }
+    if (catalog_page_wanted && (!limited || sender_staged() == 0)) {
+        sender_stage_catalog_page();
+        catalog_page_wanted = false;
+    }
+}
+
+// A sync ended: the next one is planned, and whoever waits in bunce.refresh_events() learns
+// how it went. A failed sync leaves bunce.events as it was.
+void catalog_ended(bool ok, int events, const char *error) {
+    const TimestampTz now = GetCurrentTimestamp();
+    catalog_syncing = catalog_page_wanted = false;
+    const int64 every_us = static_cast<int64>(catalog_refresh_s) * USECS_PER_SEC;
+    catalog_due = every_us == 0 ? 0 : now + (ok ? every_us : Min(every_us, catalog_retry_us));
+    // One warning when syncs start failing, not one per retry: bunce.status shows the last error.
+    if (!ok && catalog_retry_us == kCatalogRetryUs)
+        ereport(WARNING, (errmsg("bunce could not sync the event catalog: %s", error),
+                          errhint("bunce.events keeps the last catalog synced; the worker tries again.")));
+    catalog_retry_us = ok ? kCatalogRetryUs : Min(2 * catalog_retry_us, 64 * kCatalogRetryUs);
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->catalog_done = catalog_ticket;
+    my_slot->catalog_failed = !ok;
+    if (ok) {
+        my_slot->catalog_synced_at = now;
+        my_slot->catalog_events = events;
+        my_slot->catalog_error[0] = '\0';
+    } else {
+        strlcpy(my_slot->catalog_error, error, sizeof my_slot->catalog_error);
+    }
+    SpinLockRelease(&my_slot->mutex);
+    ConditionVariableBroadcast(&my_slot->catalog_cv);
+}
+
 // What may start now, published as the worker's state.
 Round decide_state(TimestampTz now) {
     if (stop_requested && stop_deadline == 0) stop_deadline = now + 2 * USECS_PER_SEC;
@@ -401,6 +460,7 @@ Round decide_state(TimestampTz now) {
     else
         set_state(WORKER_RUNNING, "", nullptr, 0);
     Round r{!stop_requested && enabled && !problem && !pause.until_us, 0, rate_limited(), 0};
+    if (r.may_send) plan_catalog(now, r.limited);
     r.slots = r.may_send ? in_flight_limit() - sender_in_flight() : 0;
     // Under a rate limit, one event is claimed once the last one has gone (see send_staged).
     if (r.limited) r.slots = sender_staged() == 0 ? Min(r.slots, 1) : 0;
@@ -411,8 +471,11 @@ Round decide_state(TimestampTz now) {
 void exchange(const Round &round) {
     Answer *answers = nullptr;
     const int nanswers = sender_collect(&answers, pause);
+    const CatalogStep catalog = sender_catalog_step();
+    if (catalog == CATALOG_NEXT_PAGE) catalog_page_wanted = true;
+    if (catalog == CATALOG_FAILED) catalog_ended(false, 0, sender_catalog_error());
     const bool claiming = round.slots > 0 && look_for_work;
-    if (nanswers == 0 && !claiming) return;
+    if (nanswers == 0 && !claiming && catalog != CATALOG_DONE) return;
     if (claiming) {
         // Before the claim's snapshot: a commit from here on must signal again.
         pg_atomic_write_u32(&my_slot->work_signalled, 0);
@@ -423,8 +486,11 @@ void exchange(const Round &round) {
     if (check_extension(why, sizeof why) != EXTENSION_READY) {
         end();
         lose_extension();
+        if (catalog == CATALOG_DONE) catalog_ended(false, 0, why);
         return;
     }
+    int catalog_events = 0;
+    if (catalog == CATALOG_DONE) catalog_events = store_catalog(sender_catalog_json());
     Recorded recorded{};
     Claimed claimed{0, 0, false, 0};
     if (nanswers > 0) recorded = record_answers(answers, nanswers);
@@ -439,6 +505,7 @@ void exchange(const Round &round) {
         if (!look_for_work) next_retry_due = next_due();
     }
     end();
+    if (catalog == CATALOG_DONE) catalog_ended(true, catalog_events, nullptr);
     send_notifications();
     if (nanswers > 0 || claimed.oversize > 0) publish(recorded, answers, nanswers, claimed.oversize);
 }
@@ -521,6 +588,10 @@ void wait_for_events(WaitEventSet *wait_set, const Round &round, TimestampTz now
     in.limiter_wait_us = round.limiter_us;
     in.has_free_slot = sender_in_flight() < in_flight_limit();
     in.next_due_us = next_retry_due;
+    if (round.may_send) {  // the catalog's next page, or its next sync
+        const TimestampTz catalog_at = catalog_page_wanted ? now : catalog_syncing ? 0 : catalog_due;
+        if (catalog_at && (!in.next_due_us || catalog_at < in.next_due_us)) in.next_due_us = catalog_at;
+    }
     in.paused_until_us = pause.until_us;
     in.stop_deadline_us = stop_requested ? stop_deadline : 0;
     in.stats_ms = stats_ms;

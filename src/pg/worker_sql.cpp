@@ -763,4 +763,23 @@ void prune_deliveries(TimestampTz now) {
     if (removed == 5000) last_prune = 0;  // more to do: next round, in small batches
 }
 
+int store_catalog(const char *events_json) {
+    // One statement: the events Bunce no longer has go, the others are written as it said.
+    Oid types[1] = {TEXTOID};
+    Datum args[1] = {CStringGetTextDatum(events_json)};
+    const int rc = SPI_execute_with_args(
+        "WITH new AS (SELECT * FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) "
+        "             AS e(id pg_catalog.uuid, name pg_catalog.text, description pg_catalog.text, "
+        "                  parameters pg_catalog.jsonb)), "
+        "gone AS (DELETE FROM bunce.events e WHERE NOT EXISTS (SELECT FROM new WHERE new.id = e.id)) "
+        "INSERT INTO bunce.events AS e (id, name, description, parameters, synced_at) "
+        "SELECT id, name, description, parameters, pg_catalog.now() FROM new "
+        "ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description, "
+        "parameters = excluded.parameters, synced_at = excluded.synced_at",
+        1, types, args, nullptr, false, 0);
+    if (rc != SPI_OK_INSERT)
+        elog(ERROR, "bunce worker: storing the event catalog failed: %s", SPI_result_code_string(rc));
+    return static_cast<int>(SPI_processed);
+}
+
 }  // namespace bunce_pg

@@ -72,6 +72,9 @@ void release_turns();
 void check_replica_triggers();
 // Counts the queue for bunce.status.
 void recount_queue();
+// Replaces the event catalog (bunce.events) by these events (sender_catalog_json); returns
+// their number.
+int store_catalog(const char *events_json);
 // Deletes old rows of bunce.deliveries, at most every minute; 5000 at a time.
 void prune_deliveries(TimestampTz now);
 

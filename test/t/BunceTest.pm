@@ -138,6 +138,8 @@ bunce.database = 'postgres'
 bunce.api_url = '$url'
 bunce.api_key = '$key'
 bunce.request_timeout = '2s'
+# No catalog syncs on their own: the tests count requests (t/120_catalog.pl turns them on).
+bunce.catalog_refresh = 0
 EOC
 }
 

@@ -61,3 +61,14 @@ TEST(EventsPage, UrlEncodesTheCursor) {
     EXPECT_EQ(events_page_url("https://api.bunce.so/v1", "a+b/c=&d"),
               "https://api.bunce.so/v1/events?per_page=100&cursor=a%2Bb%2Fc%3D%26d");
 }
+
+TEST(EventsPage, JsonOfASyncKeepsEachIdOnce) {
+    std::vector<bunce::EventDefinition> events = {
+        {"9bb6215c-e2b1-4e51-abff-3a96ca185088", "old name", "", "[]"},
+        {"aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "b", "d", R"([{"name":"x","type":"text","required":true}])"},
+        {"9bb6215c-e2b1-4e51-abff-3a96ca185088", "new name", "", "[]"}};
+    const std::string json = bunce::events_json(events);
+    EXPECT_EQ(json.find("old name"), std::string::npos) << json;
+    EXPECT_NE(json.find("new name"), std::string::npos) << json;
+    EXPECT_NE(json.find(R"("parameters":[{"name":"x","required":true,"type":"text"}])"), std::string::npos) << json;
+}
