@@ -192,3 +192,9 @@ COMMENT ON FUNCTION bunce.refresh_events() IS
     'asks the worker to sync bunce.events from Bunce now, waits for it, returns the number of events';
 REVOKE ALL ON FUNCTION bunce.refresh_events() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION bunce.refresh_events() TO bunce_admin;
+
+CREATE FUNCTION bunce.event_id(name text) RETURNS uuid
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'bunce_event_id';
+COMMENT ON FUNCTION bunce.event_id(text) IS 'the id of the event of this name in bunce.events';
+REVOKE ALL ON FUNCTION bunce.event_id(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bunce.event_id(text) TO bunce_admin;

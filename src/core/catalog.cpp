@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "timestamp.hpp"
+
 namespace bunce {
 
 using nlohmann::json;
@@ -105,6 +107,96 @@ EventsPage parse_events_page(std::string_view body) {
         if (page.has_next_page && page.next_page_cursor.empty()) refuse("a next page without a cursor");
     }
     return page;
+}
+
+std::vector<EventParameter> parse_parameters(std::string_view json_text) {
+    const json parameters = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+    if (!parameters.is_array()) throw std::runtime_error("the parameters of an event are not an array");
+    std::vector<EventParameter> out;
+    for (const json &p : parameters) {
+        check_parameter(p, 1);
+        const std::string type = lower(p["type"].get<std::string>());
+        auto required = p.find("required");
+        out.push_back({p["name"].get<std::string>(),
+                       type == "numeric"     ? EventParameter::numeric
+                       : type == "timestamp" ? EventParameter::timestamp
+                                             : EventParameter::text,
+                       required != p.end() && required->is_boolean() && required->get<bool>()});
+    }
+    return out;
+}
+
+namespace {
+
+// A number as Bunce reads one in a string: optional sign, digits, optional fraction and
+// exponent (what JSON allows, with a leading '+' or a leading '.' refused as JSON does).
+bool is_numeric_text(std::string_view t) {
+    size_t i = 0;
+    if (i < t.size() && t[i] == '-') i++;
+    const size_t start = i;
+    while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) i++;
+    if (i == start) return false;
+    if (i < t.size() && t[i] == '.') {
+        const size_t f = ++i;
+        while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) i++;
+        if (i == f) return false;
+    }
+    if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
+        i++;
+        if (i < t.size() && (t[i] == '+' || t[i] == '-')) i++;
+        const size_t e = i;
+        while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) i++;
+        if (i == e) return false;
+    }
+    return i == t.size();
+}
+
+}  // namespace
+
+ParameterCheck check_parameter(std::string_view event_name, const EventParameter &p, const ParameterValue &v) {
+    ParameterCheck c;
+    auto refuse = [&](const std::string &what, const std::string &hint) {
+        c.result = ParameterCheck::refused;
+        c.message = "bunce event \"" + std::string(event_name) + "\": parameter \"" + p.name + "\" " + what;
+        c.hint = hint;
+        return c;
+    };
+    if (v.kind == ParameterValue::absent || v.kind == ParameterValue::null) {
+        if (p.required)
+            return refuse("is required and missing",
+                          "Add it to the payload; Bunce refuses the event without it (see bunce.events).");
+        return c;
+    }
+    switch (p.type) {
+        case EventParameter::text: return c;
+        case EventParameter::numeric:
+            if (v.kind == ParameterValue::number || (v.kind == ParameterValue::string && is_numeric_text(v.text)))
+                return c;
+            return refuse("must be a number", "Send a JSON number, or a string holding one, such as \"120.50\".");
+        case EventParameter::timestamp: {
+            const char *hint =
+                "Send a date-time such as 2024-05-01T10:00:00Z (with an offset, or without one to read it in "
+                "the session's TimeZone), or a date.";
+            if (v.kind != ParameterValue::string) return refuse("must be a date-time string", hint);
+            // A date alone is that day's midnight UTC, as a date column is.
+            const TimestampText t =
+                classify_timestamp(v.text.size() == 10 ? std::string(v.text) + "T00:00:00Z" : std::string(v.text));
+            if (t.kind == TimestampText::out_of_range)
+                return refuse("is outside the years 0001 to 9999 (UTC)",
+                              "Bunce's form YYYY-MM-DDTHH:MM:SSZ cannot hold it.");
+            if (t.kind == TimestampText::local) {
+                c.result = ParameterCheck::local_time;
+                return c;
+            }
+            if (t.kind != TimestampText::date_time) return refuse("is not a date-time", hint);
+            if (t.utc != v.text) {
+                c.result = ParameterCheck::replace;
+                c.value = t.utc;
+            }
+            return c;
+        }
+    }
+    return c;
 }
 
 std::string events_json(const std::vector<EventDefinition> &events) {

@@ -37,6 +37,34 @@ std::string events_page_url(std::string_view base, std::string_view cursor);
 // quoting the answer).
 EventsPage parse_events_page(std::string_view body);
 
+// A parameter of an event definition, as the checks at enqueue read it.
+struct EventParameter {
+    std::string name;
+    enum Type { text, numeric, timestamp } type;
+    bool required;
+};
+
+// The parameters of a definition as bunce.events keeps them (checked when synced); throws
+// std::runtime_error.
+std::vector<EventParameter> parse_parameters(std::string_view json_text);
+
+// A payload's top-level value for a parameter: its JSON kind, and for a string or a number
+// its text.
+struct ParameterValue {
+    enum Kind { absent, null, string, number, boolean, container } kind;
+    std::string_view text;
+};
+
+// What the value needs: nothing, another string in its place (a timestamp in Bunce's form),
+// to be read as local time in the session's time zone (a date-time without an offset), or
+// refusal (the message names the event and the parameter, never the value). Throws nothing.
+struct ParameterCheck {
+    enum Result { ok, replace, local_time, refused } result = ok;
+    std::string value;  // replace: the string to send
+    std::string message, hint;
+};
+ParameterCheck check_parameter(std::string_view event_name, const EventParameter &p, const ParameterValue &v);
+
 // The events of a sync as one JSON array of {id, name, description, parameters}, each id
 // once (the later one: pages that moved while they were read).
 std::string events_json(const std::vector<EventDefinition> &events);

@@ -87,9 +87,10 @@ TimestampText classify_timestamp(std::string_view s) {
             if (pos == start) return other;
         }
     }
-    if (pos >= s.size()) return other;  // no offset: local time, meaning unknown
-    int offset = 0;                     // seconds east of UTC
-    if (s[pos] == 'Z' || s[pos] == 'z') {
+    const bool local = pos >= s.size();  // no offset: local time, meaning unknown here
+    int offset = 0;                      // seconds east of UTC
+    if (local) {
+    } else if (s[pos] == 'Z' || s[pos] == 'z') {
         pos++;
     } else if (s[pos] == '+' || s[pos] == '-') {
         const int sign = s[pos] == '+' ? 1 : -1;
@@ -121,6 +122,7 @@ TimestampText classify_timestamp(std::string_view s) {
     // 24:00:00 is the end of the day (ISO 8601); nothing later than that. Second 60 is a leap
     // second, as PostgreSQL reads it: the first second of the next minute.
     if (hour == 24 ? (minute != 0 || second != 0 || fraction) : (hour > 23 || minute > 59 || second > 60)) return other;
+    if (local) return {TimestampText::local, {}};
 
     const int64_t t = days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day)) * 86400 +
                       hour * 3600 + minute * 60 + second - offset;

@@ -25,8 +25,9 @@ std::optional<std::string> normalise_timestamp(std::string_view text);
 // The same, telling apart a date-time that Bunce's form cannot express (UTC year outside
 // 0001..9999, e.g. PostgreSQL's "10000-01-01T00:00:00+00:00"): it would be dropped by Bunce,
 // so it is refused rather than sent.
+// A well-formed date-time without an offset is `local`: what it means depends on a time zone.
 struct TimestampText {
-    enum Kind { other, date_time, out_of_range } kind = other;
+    enum Kind { other, date_time, local, out_of_range } kind = other;
     std::string utc;  // date_time: YYYY-MM-DDTHH:MM:SSZ
 };
 TimestampText classify_timestamp(std::string_view text);

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "enqueue.hpp"
+#include "event_catalog.hpp"
 #include "outbox.hpp"
 #include "payload.hpp"
 #include "settings.hpp"
@@ -179,6 +180,7 @@ Datum enqueue_event(FunctionCallInfo fcinfo) {
     char *text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
     CoreError err;
     Datum payload = validate_payload(text, PointerGetDatum(jb), err);
+    if (!err.failed) payload = check_event_parameters(DatumGetUUIDP(event_id), payload, err);
     if (err.failed) PG_RETURN_INT64(refuse_event(err, nullptr, event_id, false, text));
 
     PG_RETURN_INT64(outbox_insert(single_row_writer(), event_id, payload));

@@ -225,6 +225,11 @@ int sender_collect(Answer **out, bunce::SenderPause &pause) {
             x.decision =
                 bunce::decide_answer(v, a.status, x.attempts, bunce::parse_retry_after(a.retry_after, now_epoch_s),
                                      policy, now_us, delivery->random(), pause);
+            if (a.status == 404)  // what Bunce's "not found" means for a trigger
+                v.message =
+                    "the event does not exist in this Bunce account (live and test keys see different "
+                    "events; see bunce.events): " +
+                    v.message;
             x.message = keep(std::move(v.message));
             x.response = keep(bunce::printable_text(a.body, kResponseChars));
         }

@@ -41,6 +41,7 @@ void shmem_startup() {
         memset(static_cast<void *>(shared), 0, sizeof(Shared));
         SpinLockInit(&shared->mutex);
         new (&shared->limiter) bunce::RateLimiter();
+        pg_atomic_init_u64(&shared->catalog_generation, 0);
         for (WorkerSlot &w : shared->workers) {
             SpinLockInit(&w.mutex);
             pg_atomic_init_u32(&w.database_id, InvalidOid);

@@ -82,7 +82,8 @@ static_assert(kMaxDatabases <= bunce::RateLimiter::kMaxSenders, "a limiter turn 
 struct Shared {
     slock_t mutex;  // protects the limiter, the launcher's latch and the prepared id holders
     Latch *launcher_latch;
-    bunce::RateLimiter limiter;  // bunce.rate_limit, for the whole cluster (Bunce limits per IP)
+    bunce::RateLimiter limiter;           // bunce.rate_limit, for the whole cluster (Bunce limits per IP)
+    pg_atomic_uint64 catalog_generation;  // raised after each catalog sync, in any database
     WorkerSlot workers[kMaxDatabases];
 };
 extern Shared *shared;

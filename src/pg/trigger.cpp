@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "enqueue.hpp"
+#include "event_catalog.hpp"
 #include "outbox.hpp"
 #include "payload.hpp"
 #include "settings.hpp"
@@ -286,6 +287,7 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, const c
     } else if (!err.failed && guarded(err, [&] { bunce::check_fields(p.fields); })) {
         within_size_limit(p.text_size, err);
     }
+    if (!err.failed) payload = check_event_parameters(&s->event_id, payload, err);
     if (err.failed) {
         if (!text) text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
         refuse_event(err, context, UUIDPGetDatum(&s->event_id), false, text);

@@ -54,6 +54,8 @@ struct TriggerSetup {
     bool valid;
     MemoryContext cxt;
     pg_uuid_t event_id;
+    bool by_name;            // the trigger names its event: resolved again after a catalog sync
+    uint64 catalog_version;  // of the catalog the name was resolved in
     // The payload's shape is known from the column types: the rules need checking only on
     // the values of the email and customer fields, not by parsing the JSON of every row.
     bool typed_check;

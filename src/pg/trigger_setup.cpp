@@ -2,6 +2,7 @@
 // backend, and the same checks at CREATE TRIGGER and after ALTER TABLE.
 #include <cstring>
 
+#include "event_catalog.hpp"
 #include "guard.hpp"
 #include "trigger.hpp"
 
@@ -197,12 +198,36 @@ void build_setup(TriggerSetup *s, const char *tgname, int nargs, char **args, Re
                  "trigger \"%s\" on table \"%s\": bunce_trigger() takes an event id and an optional mapping, got %d arguments",
                  tgname, table, nargs),
              errhint("EXECUTE FUNCTION bunce_trigger('<event uuid>', '{\"email\": \"email_column\"}')")));
-    if (!looks_like_uuid(args[0]))
+    // Hex digits, hyphens and braces only: meant as an id, not as a name.
+    const bool uuid_like = strspn(args[0], "0123456789abcdefABCDEF-{}") == strlen(args[0]);
+    if (uuid_like && !looks_like_uuid(args[0]))
         ereport(ERROR,
                 (errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
                  errmsg("trigger \"%s\" on table \"%s\": event id \"%s\" is not a valid UUID", tgname, table, args[0]),
-                 errhint("The first argument is the id of an event created in Bunce.")));
-    memcpy(&s->event_id, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(args[0]))), sizeof(pg_uuid_t));
+                 errhint("The first argument is the id of an event created in Bunce, or its name in bunce.events.")));
+    s->by_name = !uuid_like;
+    if (s->by_name) {
+        // An event's name from the catalog instead of its id.
+        s->catalog_version = catalog_version();
+        const int found = event_id_by_name(args[0], &s->event_id);
+        if (found == 1)
+            ereport(ERROR,
+                    (errcode(ERRCODE_UNDEFINED_OBJECT),
+                     errmsg("trigger \"%s\" on table \"%s\": bunce event \"%s\" is not in the catalog", tgname, table,
+                            args[0]),
+                     errhint("The first argument is an event's id, or its name in bunce.events (case-sensitive). "
+                             "Run SELECT bunce.refresh_events() if the event was created in Bunce since the "
+                             "last sync.")));
+        if (found == 2)
+            ereport(ERROR, (errcode(ERRCODE_DUPLICATE_OBJECT),
+                            errmsg("trigger \"%s\" on table \"%s\": more than one bunce event is named \"%s\"", tgname,
+                                   table, args[0]),
+                            errhint("Pass the event's id instead: SELECT id, description FROM bunce.events WHERE "
+                                    "name = '%s'.",
+                                    args[0])));
+    } else {
+        memcpy(&s->event_id, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(args[0]))), sizeof(pg_uuid_t));
+    }
 
     MemoryContext old = MemoryContextSwitchTo(s->cxt);
     TupleDesc desc = RelationGetDescr(rel);
@@ -292,7 +317,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
     sweep_setups();
     bool found;
     auto *s = static_cast<TriggerSetup *>(hash_search(setups, &tg->tgoid, HASH_ENTER, &found));
-    if (found && s->valid) return s;
+    if (found && s->valid && (!s->by_name || s->catalog_version == catalog_version())) return s;
     // Invalid: one whose building failed, or one sweep_setups() left because a call further up
     // may still use it (then its memory is left be).
     if (found && triggers_running == 0) MemoryContextDelete(s->cxt);

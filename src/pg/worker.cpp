@@ -414,6 +414,18 @@ void plan_catalog(TimestampTz now, bool limited) {
     }
 }
 
+// An event the catalog does not have was claimed, or Bunce answered 404 (an event deleted):
+// the catalog is synced again, at most once a minute, unless syncs are off.
+void catalog_may_be_stale() {
+    static TimestampTz last = 0;
+    const TimestampTz now = GetCurrentTimestamp();
+    if (catalog_refresh_s == 0 || catalog_syncing || now - last < kCatalogRetryUs) return;
+    last = now;
+    SpinLockAcquire(&my_slot->mutex);
+    my_slot->catalog_asked++;
+    SpinLockRelease(&my_slot->mutex);
+}
+
 // A sync ended: the next one is planned, and whoever waits in bunce.refresh_events() learns
 // how it went. A failed sync leaves bunce.events as it was.
 void catalog_ended(bool ok, int events, const char *error) {
@@ -437,6 +449,7 @@ void catalog_ended(bool ok, int events, const char *error) {
         strlcpy(my_slot->catalog_error, error, sizeof my_slot->catalog_error);
     }
     SpinLockRelease(&my_slot->mutex);
+    if (ok) pg_atomic_fetch_add_u64(&shared->catalog_generation, 1);  // backends read the new catalog
     ConditionVariableBroadcast(&my_slot->catalog_cv);
 }
 
@@ -492,7 +505,7 @@ void exchange(const Round &round) {
     int catalog_events = 0;
     if (catalog == CATALOG_DONE) catalog_events = store_catalog(sender_catalog_json());
     Recorded recorded{};
-    Claimed claimed{0, 0, false, 0};
+    Claimed claimed{0, 0, false, 0, false};
     if (nanswers > 0) recorded = record_answers(answers, nanswers);
     if (recorded.retried > 0 || recorded.promoted > 0) {
         look_for_work = true;   // unpaused retries and events whose turn came may be due at once
@@ -506,6 +519,9 @@ void exchange(const Round &round) {
     }
     end();
     if (catalog == CATALOG_DONE) catalog_ended(true, catalog_events, nullptr);
+    bool not_found = false;
+    for (int i = 0; i < nanswers; i++) not_found |= answers[i].status == 404;
+    if (claimed.unknown_event || not_found) catalog_may_be_stale();
     send_notifications();
     if (nanswers > 0 || claimed.oversize > 0) publish(recorded, answers, nanswers, claimed.oversize);
 }

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "claim.hpp"
+#include "event_catalog.hpp"
 #include "outbox.hpp"
 #include "settings.hpp"
 #include "shmem.hpp"
@@ -543,6 +544,7 @@ struct Staging {
     int parked, rows;
     Batch big;
     MemoryContext row_cxt;
+    bool unknown_event;
 };
 
 void stage_row(const ClaimedRow &row, void *arg) {
@@ -573,6 +575,7 @@ void stage_row(const ClaimedRow &row, void *arg) {
                  "invalid", "");
     } else {
         sender_stage(row.id, row.attempts, DatumGetCString(DirectFunctionCall1(uuid_out, row.event_id)), payload, key);
+        s->unknown_event |= !catalog_has_event(DatumGetUUIDP(row.event_id));
     }
     MemoryContextReset(s->row_cxt);
 }
@@ -600,13 +603,13 @@ Claimed claim_events(int limit) {
         firsts[i] = open_holders[i].first;
     }
     const ClaimRequest req{limit, from, ordering == ORDERING_CUSTOMER, n_open, xids, firsts};
-    Staging s{0, 0, {}, AllocSetContextCreate(CurrentMemoryContext, "bunce claim row", ALLOCSET_DEFAULT_SIZES)};
+    Staging s{0, 0, {}, AllocSetContextCreate(CurrentMemoryContext, "bunce claim row", ALLOCSET_DEFAULT_SIZES), false};
     batch_init(&s.big, limit);
     const int64 covered = claim(req, stage_row, &s);
     MemoryContextDelete(s.row_cxt);
     advance_frontier(snap, covered, sequence_end, known);
     parked_here += s.parked;
-    Claimed out{s.rows - s.parked - s.big.n, s.big.n, covered != PG_INT64_MAX};
+    Claimed out{s.rows - s.parked - s.big.n, s.big.n, covered != PG_INT64_MAX, 0, s.unknown_event};
     if (s.big.n) out.promoted = write_dead(&s.big);
     return out;
 }

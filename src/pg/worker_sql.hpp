@@ -49,10 +49,11 @@ struct Recorded {
 Recorded record_answers(const Answer *answers, int n);
 
 struct Claimed {
-    int staged;    // requests staged in the sender
-    int oversize;  // payloads over bunce.max_payload_size, dead letters at once
-    bool more;     // more may be due at once
-    int promoted;  // events whose turn came (see Recorded)
+    int staged;          // requests staged in the sender
+    int oversize;        // payloads over bunce.max_payload_size, dead letters at once
+    bool more;           // more may be due at once
+    int promoted;        // events whose turn came (see Recorded)
+    bool unknown_event;  // an event the catalog does not have was staged
 };
 // Claims up to `limit` due events (bunce.claim), places new ones, and stages the requests.
 Claimed claim_events(int limit);

@@ -118,6 +118,147 @@ $before = catalog_requests();
 $node->safe_psql('postgres', 'SELECT pg_sleep(2.5)');    # a span of time with refresh off
 is(catalog_requests() - $before, 0, 'with bunce.catalog_refresh = 0 it does not');
 
+# ---- checks at enqueue -------------------------------------------------------------------------
+# event 1: amount (numeric, required), at (timestamp); "twin" is the name of two events.
+my $events = catalog(5, 4 => 'twin', 5 => 'twin');
+$bunce->config(catalog => $events);
+is(try_sql('SELECT bunce.refresh_events()')->{out}, '5', 'a catalog with parameters');
+my $E1 = $events->[0]{id};
+my $E2 = $events->[1]{id};
+
+sub enqueue
+{
+	my ($event, $payload, %opt) = @_;
+	return try_sql(($opt{before} // '') . "SELECT bunce_trigger('$event', '$payload'::jsonb)");
+}
+
+sub stored
+{
+	my ($id, $path) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT coalesce(payload #>> '{$path}', '<absent>') FROM bunce.outbox WHERE id = $id "
+		  . "UNION ALL SELECT '<delivered>' WHERE NOT EXISTS (SELECT FROM bunce.outbox WHERE id = $id)");
+}
+
+sub set_enabled
+{
+	my ($on) = @_;
+	$node->safe_psql('postgres', "ALTER SYSTEM SET bunce.enabled = $on; SELECT pg_reload_conf()");
+	wait_sql($node, 'SELECT state FROM bunce.status', $on eq 'on' ? 'running' : 'disabled')
+	  or BAIL_OUT("bunce.enabled = $on not taken up");
+}
+set_enabled('off');    # the events stay in the outbox, to be looked at
+
+$r = enqueue($E1, '{"email": "ada@example.com"}');
+is($r->{state}, '22023', 'a required parameter missing: ERROR 22023') or note($r->{err});
+like($r->{err}, qr/bunce event "event 1": parameter "amount" is required and missing/,
+	'naming the event and the parameter');
+like($r->{err}, qr/HINT:/, 'with a hint');
+$r = enqueue($E1, '{"email": "ada@example.com", "amount": null}');
+is($r->{state}, '22023', 'null counts as missing');
+$r = enqueue($E1, '{"email": "ada@example.com", "amount": "twelve"}');
+is($r->{state}, '22023', 'a numeric parameter that is not a number: ERROR 22023') or note($r->{err});
+like($r->{err}, qr/parameter "amount" must be a number/, 'saying so');
+unlike($r->{err}, qr/twelve|ada\@example/, 'quoting no value');
+$r = enqueue($E1, '{"email": "ada@example.com", "amount": true}');
+is($r->{state}, '22023', 'nor a boolean');
+$r = enqueue($E1, '{"email": "ada@example.com", "amount": "12.50"}');
+is($r->{rc}, 0, 'a numeric string is fine') or note($r->{err});
+is(stored($r->{out}, 'amount'), '12.50', 'and kept as it is');
+$r = enqueue($E1, '{"email": "ada@example.com", "amount": 3, "at": "yesterday"}');
+is($r->{state}, '22023', 'a timestamp parameter that is no date-time: ERROR 22023') or note($r->{err});
+like($r->{err}, qr/parameter "at" is not a date-time/, 'saying so');
+$r = enqueue($E1, '{"email": "ada@example.com", "amount": 3, "at": "2024-05-01 12:30:00"}',
+	before => "SET TimeZone = 'Europe/Paris';\n");
+is($r->{rc}, 0, 'a date-time without an offset is accepted') or note($r->{err});
+is(stored($r->{out}, 'at'), '2024-05-01T10:30:00Z', 'read in the session\'s TimeZone and normalised');
+$r = enqueue($E1, '{"email": "ada@example.com", "amount": 3, "at": "2024-05-01"}');
+is(stored($r->{out}, 'at'), '2024-05-01T00:00:00Z', 'a date is its midnight UTC');
+$r = enqueue($E1, '{"email": "ada@example.com", "amount": 3, "at": "10000-01-01T00:00:00Z"}');
+is($r->{state}, '22023', 'a date-time Bunce\'s form cannot hold is refused');
+$r = enqueue($E2, '{"email": "ada@example.com"}', before => "SET bunce.on_invalid = dead_letter;\n");
+is($r->{rc}, 0, 'with bunce.on_invalid = dead_letter the call succeeds') or note($r->{err});
+like($r->{err}, qr/WARNING:.*dead letter/s, 'with a warning');
+is( $node->safe_psql('postgres',
+		"SELECT reason || ': ' || message FROM bunce.dead_letters WHERE event_id = '$E2' ORDER BY id DESC LIMIT 1"),
+	'invalid: bunce event "event 2": parameter "amount" is required and missing',
+	'and the event is a dead letter saying why');
+$r = enqueue('11111111-1111-4111-8111-111111111111', '{"email": "ada@example.com"}');
+is($r->{rc}, 0, 'an event the catalog does not have is accepted (the catalog may be older)')
+  or note($r->{err});
+
+# The trigger checks the same.
+$node->safe_psql('postgres', <<"EOSQL");
+CREATE TABLE orders (id int PRIMARY KEY, email text, total numeric, paid_at timestamp);
+CREATE TRIGGER paid AFTER INSERT ON orders FOR EACH ROW
+  EXECUTE FUNCTION bunce_trigger('$E1', '{"email": "email", "amount": "total", "at": "paid_at"}');
+EOSQL
+$r = try_sql("INSERT INTO orders VALUES (1, 'ada\@example.com', NULL, now())");
+is($r->{state}, '22023', 'a row trigger whose row lacks a required parameter: ERROR 22023') or note($r->{err});
+like($r->{err}, qr/trigger "paid" on table "orders": bunce event "event 1": parameter "amount"/,
+	'naming the trigger, the event and the parameter');
+$r = try_sql("INSERT INTO orders VALUES (2, 'ada\@example.com', 9.5, '2024-05-01 12:30:00') RETURNING 1");
+is($r->{rc}, 0, 'a complete row goes through') or note($r->{err});
+
+# ---- names -------------------------------------------------------------------------------------
+is($node->safe_psql('postgres', "SELECT bunce.event_id('event 1')"), $E1, 'bunce.event_id(name)');
+$r = try_sql("SELECT bunce.event_id('no such event')");
+is($r->{state}, '42704', 'an unknown name: 42704') or note($r->{err});
+like($r->{err}, qr/refresh_events/, 'the hint says how to sync');
+$r = try_sql("SELECT bunce.event_id('twin')");
+is($r->{state}, '42710', 'a name two events have: 42710') or note($r->{err});
+
+$r = try_sql(
+	"CREATE TRIGGER named AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION bunce_trigger('event 1', "
+	  . "'{\"email\": \"email\", \"amount\": \"total\"}')");
+is($r->{rc}, 0, 'a trigger may name its event') or note($r->{err});
+$node->safe_psql('postgres', 'DROP TRIGGER paid ON orders');
+$r = try_sql("INSERT INTO orders VALUES (3, 'ada\@example.com', 7, NULL) RETURNING 1");
+is($r->{rc}, 0, 'it fires') or note($r->{err});
+is( $node->safe_psql('postgres',
+		"SELECT event_id FROM bunce.outbox WHERE payload ->> 'amount' = '7' ORDER BY id DESC LIMIT 1"),
+	$E1, 'with the event id of that name');
+for my $case ([ 'no such event', '42704', qr/bunce event "no such event" is not in the catalog/ ],
+	[ 'twin', '42710', qr/more than one bunce event is named "twin"/ ])
+{
+	my ($name, $state, $msg) = @$case;
+	$r = try_sql("CREATE TRIGGER bad AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION bunce_trigger('$name')");
+	is($r->{state}, $state, "CREATE TRIGGER naming \"$name\": $state") or note($r->{err});
+	like($r->{err}, qr/trigger "bad" on table "orders": /, 'naming the trigger and the table');
+	like($r->{err}, $msg, 'and the event');
+}
+# After a sync that renamed the event, the trigger's name no longer resolves.
+$events->[0]{name} = 'event one';
+$bunce->config(catalog => $events);
+set_enabled('on');    # the worker syncs while it delivers
+is(try_sql('SELECT bunce.refresh_events()')->{out}, '5', 'synced with the event renamed');
+set_enabled('off');
+$r = try_sql("INSERT INTO orders VALUES (4, 'ada\@example.com', 7, NULL)");
+is($r->{state}, '42704', 'the trigger that names it fails, after the sync') or note($r->{err});
+like($r->{err}, qr/trigger "named" on table "orders": bunce event "event 1" is not in the catalog/,
+	'naming the trigger and the event');
+$node->safe_psql('postgres', 'DROP TABLE orders');
+
+# ---- what Bunce answers: 404 makes a dead letter that says why, and a sync ---------------------
+$node->safe_psql('postgres', 'DELETE FROM bunce.outbox; DELETE FROM bunce.dead_letters');
+$bunce->config(events => [ map { $_->{id} } @$events ]);    # others are 404
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET bunce.catalog_refresh = '1h'; ALTER SYSTEM SET bunce.enabled = on; SELECT pg_reload_conf()");
+wait_sql($node, 'SELECT state FROM bunce.status', 'running');
+$before = catalog_requests();
+$r = enqueue('22222222-2222-4222-8222-222222222222', '{"email": "ada@example.com"}');
+ok( wait_sql($node, "SELECT count(*) FROM bunce.dead_letters WHERE event_id = '22222222-2222-4222-8222-222222222222'",
+		'1'),
+	'an event Bunce does not have becomes a dead letter');
+like( $node->safe_psql('postgres', 'SELECT message FROM bunce.dead_letters'),
+	qr/the event does not exist in this Bunce account \(live and test keys see different events/,
+	'which says the event does not exist in this account');
+ok(wait_for('a sync after the unknown event', sub { catalog_requests() > $before }),
+	'and the worker synced the catalog again');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET bunce.catalog_refresh; ALTER SYSTEM RESET bunce.enabled');
+$node->append_conf('postgresql.conf', "bunce.catalog_refresh = 0\n");
+$node->reload;
+
 # ---- who may, and when it cannot ---------------------------------------------------------------
 $node->safe_psql('postgres', 'CREATE ROLE app LOGIN; CREATE ROLE ops LOGIN IN ROLE bunce_admin');
 $r = try_sql('SELECT bunce.refresh_events()', params => [ '-U', 'app' ]);
@@ -125,9 +266,9 @@ is($r->{state}, '42501', 'an ordinary role may not ask for a sync') or note($r->
 $r = try_sql('SELECT count(*) FROM bunce.events', params => [ '-U', 'app' ]);
 is($r->{state}, '42501', 'nor read the catalog');
 $r = try_sql('SELECT bunce.refresh_events()', params => [ '-U', 'ops' ]);
-is($r->{out}, '3', 'bunce_admin may ask') or note($r->{err});
+is($r->{out}, '5', 'bunce_admin may ask') or note($r->{err});
 $r = try_sql('SELECT count(*) FROM bunce.events', params => [ '-U', 'ops' ]);
-is($r->{out}, '3', 'and read it');
+is($r->{out}, '5', 'and read it');
 
 $node->append_conf('postgresql.conf', "bunce.enabled = off\n");
 $node->reload;

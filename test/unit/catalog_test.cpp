@@ -72,3 +72,61 @@ TEST(EventsPage, JsonOfASyncKeepsEachIdOnce) {
     EXPECT_NE(json.find("new name"), std::string::npos) << json;
     EXPECT_NE(json.find(R"("parameters":[{"name":"x","required":true,"type":"text"}])"), std::string::npos) << json;
 }
+
+TEST(EventParameters, ReadAsStored) {
+    const auto p = bunce::parse_parameters(
+        R"([{"name": "amount", "type": "Numeric", "required": true}, {"name": "at", "type": "TIMESTAMP"},
+            {"name": "note", "type": "text", "required": null}])");
+    ASSERT_EQ(p.size(), 3u);
+    EXPECT_EQ(p[0].name, "amount");
+    EXPECT_EQ(p[0].type, bunce::EventParameter::numeric);
+    EXPECT_TRUE(p[0].required);
+    EXPECT_EQ(p[1].type, bunce::EventParameter::timestamp);
+    EXPECT_FALSE(p[1].required);
+    EXPECT_EQ(p[2].type, bunce::EventParameter::text);
+    EXPECT_FALSE(p[2].required);
+    EXPECT_THROW(bunce::parse_parameters("{}"), std::runtime_error);
+}
+
+TEST(EventParameters, Checks) {
+    using bunce::check_parameter;
+    using bunce::EventParameter;
+    using bunce::ParameterCheck;
+    using V = bunce::ParameterValue;
+    const EventParameter amount{"amount", EventParameter::numeric, true};
+    const EventParameter at{"at", EventParameter::timestamp, false};
+    const EventParameter note{"note", EventParameter::text, false};
+    auto result = [](const ParameterCheck &c) { return c.result; };
+
+    auto missing = check_parameter("order paid", amount, {V::absent, {}});
+    EXPECT_EQ(missing.result, ParameterCheck::refused);
+    EXPECT_NE(missing.message.find("\"order paid\""), std::string::npos) << missing.message;
+    EXPECT_NE(missing.message.find("\"amount\""), std::string::npos) << missing.message;
+    EXPECT_FALSE(missing.hint.empty());
+    EXPECT_EQ(result(check_parameter("e", amount, {V::null, {}})), ParameterCheck::refused);
+    EXPECT_EQ(result(check_parameter("e", at, {V::absent, {}})), ParameterCheck::ok) << "optional";
+
+    for (const char *n : {"12", "-1.5", "120.50", "1e3"}) {
+        EXPECT_EQ(result(check_parameter("e", amount, {V::number, n})), ParameterCheck::ok) << n;
+        EXPECT_EQ(result(check_parameter("e", amount, {V::string, n})), ParameterCheck::ok) << n;
+    }
+    for (const char *s : {"", "twelve", "12 ", "+1", ".5", "1.", "0x10", "1e"})
+        EXPECT_EQ(result(check_parameter("e", amount, {V::string, s})), ParameterCheck::refused) << s;
+    EXPECT_EQ(result(check_parameter("e", amount, {V::boolean, "true"})), ParameterCheck::refused);
+    EXPECT_EQ(result(check_parameter("e", amount, {V::container, {}})), ParameterCheck::refused);
+
+    EXPECT_EQ(result(check_parameter("e", at, {V::string, "2024-05-01T10:00:00Z"})), ParameterCheck::ok);
+    auto moved = check_parameter("e", at, {V::string, "2024-05-01T12:00:00.9+02:00"});
+    EXPECT_EQ(moved.result, ParameterCheck::replace);
+    EXPECT_EQ(moved.value, "2024-05-01T10:00:00Z");
+    auto day = check_parameter("e", at, {V::string, "2024-05-01"});
+    EXPECT_EQ(day.result, ParameterCheck::replace);
+    EXPECT_EQ(day.value, "2024-05-01T00:00:00Z");
+    EXPECT_EQ(result(check_parameter("e", at, {V::string, "2024-05-01 10:00:00"})), ParameterCheck::local_time);
+    for (const char *s : {"yesterday", "2024-02-30", "2024-05-01T10:00:00+25:00", "1714557600"})
+        EXPECT_EQ(result(check_parameter("e", at, {V::string, s})), ParameterCheck::refused) << s;
+    EXPECT_EQ(result(check_parameter("e", at, {V::string, "10000-01-01T00:00:00Z"})), ParameterCheck::refused);
+    EXPECT_EQ(result(check_parameter("e", at, {V::number, "1714557600"})), ParameterCheck::refused);
+
+    EXPECT_EQ(result(check_parameter("e", note, {V::number, "1"})), ParameterCheck::ok) << "text takes anything";
+}

@@ -392,8 +392,11 @@ TEST(ClassifyTimestamp, OutOfRangeIsNotOther) {
     for (const char *s : {"10000-01-01T00:00:00+00:00", "294276-12-31T23:59:59Z", "0001-01-01T00:30:00+01:00",
                           "9999-12-31T23:30:00-01:00", "586554-01-18T00:00:00+00:00"})
         EXPECT_EQ(classify_timestamp(s).kind, TimestampText::out_of_range) << s;
-    for (const char *s : {"1000000-01-01T00:00:00Z", "10000-01-01", "10000-01-01T00:00:00", "abc",
-                          "2024-05-01T10:00:00", "12024-13-01T00:00:00Z"})
+    for (const char *s : {"1000000-01-01T00:00:00Z", "10000-01-01", "abc", "12024-13-01T00:00:00Z",
+                          "2024-02-30T10:00:00", "2024-05-01T25:00"})
         EXPECT_EQ(classify_timestamp(s).kind, TimestampText::other) << s;
+    // Without an offset: a date-time all the same, whose meaning needs a time zone.
+    for (const char *s : {"2024-05-01T10:00:00", "2024-05-01 10:00:59", "2024-05-01T10:00:00.5", "10000-01-01T00:00:00"})
+        EXPECT_EQ(classify_timestamp(s).kind, TimestampText::local) << s;
     EXPECT_EQ(classify_timestamp("2024-05-01T10:00:00+02").utc, "2024-05-01T08:00:00Z");
 }
