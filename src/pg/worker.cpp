@@ -485,6 +485,11 @@ void exchange(const Round &round) {
     Answer *answers = nullptr;
     const int nanswers = sender_collect(&answers, pause);
     const CatalogStep catalog = sender_catalog_step();
+    if (catalog != CATALOG_IDLE && catalog != CATALOG_PAGE_OUT) {  // a page's answer came
+        SpinLockAcquire(&my_slot->mutex);
+        my_slot->in_flight = sender_in_flight();
+        SpinLockRelease(&my_slot->mutex);
+    }
     if (catalog == CATALOG_NEXT_PAGE) catalog_page_wanted = true;
     if (catalog == CATALOG_FAILED) catalog_ended(false, 0, sender_catalog_error());
     const bool claiming = round.slots > 0 && look_for_work;

@@ -67,6 +67,8 @@ is( $node->safe_psql('postgres',
 		'SELECT catalog_events || \',\' || (catalog_synced_at IS NOT NULL) || \',\' || (catalog_error IS NULL) '
 		  . 'FROM bunce.status'),
 	'45,true,true', 'bunce.status shows the sync');
+is($node->safe_psql('postgres', 'SELECT in_flight FROM bunce.status'), '0',
+	'and no request in flight once the last page was answered');
 
 # ---- a catalog that changed: events gone, renamed ----------------------------------------------
 $bunce->config(catalog => catalog(40, 7 => 'order paid'));
