@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "json_depth.hpp"
 #include "timestamp.hpp"
 
 namespace bunce {
@@ -38,6 +39,7 @@ void check_parameter(const json &p, size_t event) {
     auto name = p.find("name");
     if (name == p.end() || !name->is_string() || name->get_ref<const std::string &>().empty())
         refuse(where + "without a name");
+    if (name->get_ref<const std::string &>().size() > kMaxEventNameBytes) refuse(where + "with a name too long");
     auto type = p.find("type");
     if (type == p.end() || !type->is_string()) refuse(where + "without a type");
     const std::string t = lower(type->get<std::string>());
@@ -68,6 +70,11 @@ std::string events_page_url(std::string_view base, std::string_view cursor) {
 }
 
 EventsPage parse_events_page(std::string_view body) {
+    // Before anything recurses over it; and jsonb cannot hold \u0000 (a "\\u0000" in a
+    // text is refused too: a catalog has no use for it).
+    if (json_depth(body, kMaxEventsPageDepth) > kMaxEventsPageDepth)
+        refuse("a page nested deeper than " + std::to_string(kMaxEventsPageDepth) + " levels");
+    if (body.find("\\u0000") != std::string_view::npos) refuse("a page holding a NUL character (\\u0000)");
     const json answer = json::parse(body, nullptr, /*allow_exceptions=*/false);
     if (answer.is_discarded() || !answer.is_object()) refuse("something that is not a JSON object");
     auto data = answer.find("data");
@@ -85,8 +92,14 @@ EventsPage parse_events_page(std::string_view body) {
         EventDefinition d;
         d.id = lower(id->get<std::string>());
         d.name = name->get<std::string>();
+        if (d.name.size() > kMaxEventNameBytes)
+            refuse("event " + std::to_string(n) + " of the page with a name of more than " +
+                   std::to_string(kMaxEventNameBytes) + " bytes");
         auto description = e.find("description");
         if (description != e.end() && description->is_string()) d.description = description->get<std::string>();
+        if (d.description.size() > kMaxEventDescriptionBytes)
+            refuse("event " + std::to_string(n) + " of the page with a description of more than " +
+                   std::to_string(kMaxEventDescriptionBytes) + " bytes");
         auto parameters = e.find("parameters");
         if (parameters == e.end() || parameters->is_null()) {
             d.parameters = "[]";

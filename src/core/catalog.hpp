@@ -25,8 +25,13 @@ struct EventsPage {
 // 100,000 events): an answer that keeps saying "next page" cannot make a sync endless.
 constexpr int kEventsPerPage = 100;
 constexpr int kMaxEventsPages = 1000;
-// Bytes of one page's answer (the answers to triggers are kept to 64 kB).
+// Bytes of one page's answer (the answers to triggers are kept to 64 kB), and of a whole
+// catalog as stored; how deep a page may nest; the longest name or description.
 constexpr size_t kMaxEventsPageBytes = 4 * 1024 * 1024;
+constexpr size_t kMaxCatalogBytes = 32 * 1024 * 1024;
+constexpr size_t kMaxEventsPageDepth = 8;
+constexpr size_t kMaxEventNameBytes = 1000;
+constexpr size_t kMaxEventDescriptionBytes = 10000;
 
 // The URL of one page: `base` is bunce.api_url without a trailing slash; an empty cursor is
 // the first page.
@@ -34,7 +39,8 @@ std::string events_page_url(std::string_view base, std::string_view cursor);
 
 // Reads one page: {"success": true, "data": [event, ...], "meta": {"has_next_page": bool,
 // "next_page_cursor": "..."}}. Throws std::runtime_error naming what is wrong (never
-// quoting the answer).
+// quoting the answer), also for what PostgreSQL could not store (a NUL character) and what
+// is beyond the limits above.
 EventsPage parse_events_page(std::string_view body);
 
 // A parameter of an event definition, as the checks at enqueue read it.

@@ -122,7 +122,8 @@ TimestampText classify_timestamp(std::string_view s) {
     // 24:00:00 is the end of the day (ISO 8601); nothing later than that. Second 60 is a leap
     // second, as PostgreSQL reads it: the first second of the next minute.
     if (hour == 24 ? (minute != 0 || second != 0 || fraction) : (hour > 23 || minute > 59 || second > 60)) return other;
-    if (local) return {TimestampText::local, {}};
+    // (PostgreSQL, which reads a local one, takes second 60 but not a fraction of it.)
+    if (local) return second == 60 && fraction ? other : TimestampText{TimestampText::local, {}};
 
     const int64_t t = days_from_civil(year, static_cast<unsigned>(month), static_cast<unsigned>(day)) * 86400 +
                       hour * 3600 + minute * 60 + second - offset;

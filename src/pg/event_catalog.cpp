@@ -18,6 +18,7 @@ extern "C" {
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -57,16 +58,15 @@ uint64 catalog_read_at = 0;
 
 // One event's parameters from their JSON text into the cache's memory; false (the event is
 // then not checked) when they cannot be read, as a row written by hand may be.
-bool read_parameters(CachedEvent *e, const char *json) {
+bool read_parameters(CachedEvent *e, const char *json, MemoryContext cxt) {
     CoreError err;
     return guarded(err, [&] {
         const std::vector<bunce::EventParameter> p = bunce::parse_parameters(json);
         auto *out = static_cast<CachedParameter *>(
-            MemoryContextAllocExtended(catalog_cxt, sizeof(CachedParameter) * (p.size() + 1), MCXT_ALLOC_NO_OOM));
+            MemoryContextAllocExtended(cxt, sizeof(CachedParameter) * (p.size() + 1), MCXT_ALLOC_NO_OOM));
         if (!out) throw std::bad_alloc();
         for (size_t i = 0; i < p.size(); i++) {
-            char *name =
-                static_cast<char *>(MemoryContextAllocExtended(catalog_cxt, p[i].name.size() + 1, MCXT_ALLOC_NO_OOM));
+            char *name = static_cast<char *>(MemoryContextAllocExtended(cxt, p[i].name.size() + 1, MCXT_ALLOC_NO_OOM));
             if (!name) throw std::bad_alloc();
             memcpy(name, p[i].name.c_str(), p[i].name.size() + 1);
             out[i] = {name, p[i].type, p[i].required};
@@ -77,57 +77,65 @@ bool read_parameters(CachedEvent *e, const char *json) {
 }
 
 // Reads bunce.events as last committed (whatever the caller's snapshot: it is a copy of what
-// Bunce says, not data of the transaction). The lock is let go at once, so that no
-// transaction that enqueues holds up an ALTER of the table or a sync.
+// Bunce says, not data of the transaction) into a new copy, which replaces the old one only
+// once it is whole. The lock is let go at once, and never waited for: while an ALTER of the
+// table holds it, the old copy stays (none: no checks) and the table is read again at the
+// next enqueue. So no enqueue waits on bunce.events, nor holds up an ALTER or a sync.
 void read_catalog() {
-    if (catalog_cxt) MemoryContextDelete(catalog_cxt);
-    catalog = nullptr;
-    catalog_cxt = AllocSetContextCreate(TopMemoryContext, "bunce event catalog", ALLOCSET_DEFAULT_SIZES);
+    const uint64 version = catalog_version();  // before the snapshot: a sync after it is read again
+    const Oid relid = get_relname_relid("events", bunce_namespace());
+    if (OidIsValid(relid) && !ConditionalLockRelationOid(relid, AccessShareLock)) return;
+    MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "bunce event catalog", ALLOCSET_DEFAULT_SIZES);
     HASHCTL ctl;
     memset(&ctl, 0, sizeof ctl);
     ctl.keysize = sizeof(pg_uuid_t);
     ctl.entrysize = sizeof(CachedEvent);
-    ctl.hcxt = catalog_cxt;
-    catalog = hash_create("bunce event catalog", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-    const Oid relid = get_relname_relid("events", bunce_namespace());
-    if (!OidIsValid(relid)) return;  // a schema before the catalog
-    Relation rel = table_open(relid, AccessShareLock);
-    TupleDesc desc = RelationGetDescr(rel);
-    // The columns as made by the extension script (id, name, description, parameters, ...).
-    if (desc->natts < 4 || TupleDescAttr(desc, 0)->atttypid != UUIDOID || TupleDescAttr(desc, 1)->atttypid != TEXTOID ||
-        TupleDescAttr(desc, 3)->atttypid != JSONBOID) {
-        table_close(rel, AccessShareLock);
-        return;
-    }
-    Snapshot snapshot = RegisterSnapshot(GetLatestSnapshot());
-    TableScanDesc scan = table_beginscan(rel, snapshot, 0, nullptr);
-    HeapTuple tuple;
-    while ((tuple = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
-        bool null_id, null_name, null_parameters;
-        const Datum id = heap_getattr(tuple, 1, desc, &null_id);
-        const Datum name = heap_getattr(tuple, 2, desc, &null_name);
-        const Datum parameters = heap_getattr(tuple, 4, desc, &null_parameters);
-        if (null_id || null_name) continue;
-        bool found;
-        auto *e = static_cast<CachedEvent *>(hash_search(catalog, DatumGetUUIDP(id), HASH_ENTER, &found));
-        e->name = MemoryContextStrdup(catalog_cxt, TextDatumGetCString(name));
-        e->nparameters = 0;
-        e->parameters = nullptr;
-        if (!null_parameters) {
-            Jsonb *jb = DatumGetJsonbP(parameters);
-            read_parameters(e, JsonbToCString(nullptr, &jb->root, VARSIZE(jb)));
+    ctl.hcxt = cxt;
+    HTAB *events = hash_create("bunce event catalog", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+    if (OidIsValid(relid)) {  // (none: a schema before the catalog)
+        Relation rel = table_open(relid, NoLock);
+        TupleDesc desc = RelationGetDescr(rel);
+        // The columns as made by the extension script (id, name, description, parameters, ...).
+        if (desc->natts >= 4 && TupleDescAttr(desc, 0)->atttypid == UUIDOID &&
+            TupleDescAttr(desc, 1)->atttypid == TEXTOID && TupleDescAttr(desc, 3)->atttypid == JSONBOID) {
+            Snapshot snapshot = RegisterSnapshot(GetLatestSnapshot());
+            TableScanDesc scan = table_beginscan(rel, snapshot, 0, nullptr);
+            HeapTuple tuple;
+            while ((tuple = heap_getnext(scan, ForwardScanDirection)) != nullptr) {
+                bool null_id, null_name, null_parameters;
+                const Datum id = heap_getattr(tuple, 1, desc, &null_id);
+                const Datum name = heap_getattr(tuple, 2, desc, &null_name);
+                const Datum parameters = heap_getattr(tuple, 4, desc, &null_parameters);
+                if (null_id || null_name) continue;
+                bool found;
+                auto *e = static_cast<CachedEvent *>(hash_search(events, DatumGetUUIDP(id), HASH_ENTER, &found));
+                e->name = MemoryContextStrdup(cxt, TextDatumGetCString(name));
+                e->nparameters = 0;
+                e->parameters = nullptr;
+                if (!null_parameters) {
+                    Jsonb *jb = DatumGetJsonbP(parameters);
+                    read_parameters(e, JsonbToCString(nullptr, &jb->root, VARSIZE(jb)), cxt);
+                }
+            }
+            table_endscan(scan);
+            UnregisterSnapshot(snapshot);
         }
+        table_close(rel, AccessShareLock);
     }
-    table_endscan(scan);
-    UnregisterSnapshot(snapshot);
-    table_close(rel, AccessShareLock);
+    if (catalog_cxt) MemoryContextDelete(catalog_cxt);
+    catalog_cxt = cxt;
+    catalog = events;
+    catalog_read_at = version;
 }
 
 HTAB *current_catalog() {
-    const uint64 version = catalog_version();
-    if (!catalog || version != catalog_read_at) {
-        read_catalog();
-        catalog_read_at = version;
+    if (!catalog || catalog_version() != catalog_read_at) read_catalog();
+    if (!catalog) {  // never read, and the table locked: an empty copy for now
+        HASHCTL ctl;
+        memset(&ctl, 0, sizeof ctl);
+        ctl.keysize = sizeof(pg_uuid_t);
+        ctl.entrysize = sizeof(CachedEvent);
+        return hash_create("bunce event catalog (none yet)", 1, &ctl, HASH_ELEM | HASH_BLOBS);
     }
     return catalog;
 }
@@ -251,9 +259,9 @@ Datum event_id(FunctionCallInfo fcinfo) {
                         errhint("Names are case-sensitive. Run SELECT bunce.refresh_events() if the event was "
                                 "created in Bunce since the last sync.")));
     if (found == 2)
-        ereport(ERROR,
-                (errcode(ERRCODE_DUPLICATE_OBJECT), errmsg("more than one bunce event is named \"%s\"", name),
-                 errhint("Use the event's id: SELECT id, description FROM bunce.events WHERE name = '%s'.", name)));
+        ereport(ERROR, (errcode(ERRCODE_DUPLICATE_OBJECT), errmsg("more than one bunce event is named \"%s\"", name),
+                        errhint("Use the event's id: SELECT id, description FROM bunce.events WHERE name = %s.",
+                                quote_literal_cstr(name))));
     PG_RETURN_UUID_P(id);
 }
 

@@ -40,6 +40,7 @@ struct Delivery {
         std::vector<bunce::EventDefinition> events;
         std::string cursor;  // of the next page
         int pages = 0;
+        size_t bytes = 0;  // of the events read
         std::string error;
     } catalog;
 };
@@ -112,6 +113,8 @@ void read_catalog_page(const bunce::HttpAnswer &a) {
     auto fail = [&c](std::string why) {
         c.step = CATALOG_FAILED;
         c.error = "GET /events " + why;
+        c.events.clear();
+        c.events.shrink_to_fit();
     };
     if (!a.error.empty()) return fail("failed: " + a.error);
     if (a.status < 200 || a.status >= 300) {
@@ -124,16 +127,22 @@ void read_catalog_page(const bunce::HttpAnswer &a) {
     try {
         page = bunce::parse_events_page(a.body);
     } catch (const std::runtime_error &e) {
-        c.step = CATALOG_FAILED;
-        c.error = e.what();
+        fail(std::string(e.what()).substr(std::strlen("GET /events ")));
         return;
     }
-    for (auto &e : page.events) c.events.push_back(std::move(e));
+    for (auto &e : page.events) {
+        c.bytes += e.name.size() + e.description.size() + e.parameters.size() + 64;
+        c.events.push_back(std::move(e));
+    }
     c.pages++;
-    if (!page.has_next_page) {
+    if (c.bytes > bunce::kMaxCatalogBytes) {
+        fail("answered a catalog of more than " + std::to_string(bunce::kMaxCatalogBytes >> 20) + " MB");
+    } else if (!page.has_next_page) {
         c.step = CATALOG_DONE;
     } else if (c.pages >= bunce::kMaxEventsPages) {
         fail("has more than " + std::to_string(bunce::kMaxEventsPages) + " pages");
+    } else if (page.events.empty() || page.next_page_cursor == c.cursor) {
+        fail("answered a page that leads nowhere (no events, or the same cursor again)");
     } else {
         c.cursor = std::move(page.next_page_cursor);
         c.step = CATALOG_NEXT_PAGE;

@@ -62,12 +62,17 @@ size_t json_string_size(const char *s, size_t len) {
     return n;
 }
 
+// A payload whose text is already past this is refused for its size whatever follows; its
+// values from there on are not copied (jsonb could not hold a large enough row at all).
+constexpr size_t kBuildLimit = 64 * 1024 * 1024;
+
 void push_string(RowPayload *p, JsonbIteratorToken token, const char *s) {
     JsonbValue v;
     v.type = jbvString;
     v.val.string.val = const_cast<char *>(s);
     v.val.string.len = static_cast<int>(strlen(s));
     p->text_size += json_string_size(s, static_cast<size_t>(v.val.string.len));
+    if (p->text_size > kBuildLimit && token == WJB_VALUE) v.val.string.len = 0;
     pushJsonbValue(&p->state, token, &v);
 }
 
@@ -200,9 +205,11 @@ Problem push_value(RowPayload *p, Column *c, Datum d, const LayoutItem *item, co
             // Checked as the text of a payload member first: what jsonb cannot store (a NUL
             // character) is refused as bunce_trigger() refuses it, not by jsonb_in's ERROR.
             const char *json = OutputFunctionCall(&c->output, d);
-            const char *utf8 = GetDatabaseEncoding() == PG_UTF8 ? json : pg_server_to_any(json, strlen(json), PG_UTF8);
+            const bool convert = GetDatabaseEncoding() != PG_UTF8;
+            const char *utf8 = convert ? pg_server_to_any(json, strlen(json), PG_UTF8) : json;
+            const char *key = convert ? pg_server_to_any(top_key, strlen(top_key), PG_UTF8) : top_key;
             CoreError bad;
-            if (!guarded(bad, [&] { bunce::check_member_value(top_key, utf8); })) {
+            if (!guarded(bad, [&] { bunce::check_member_value(key, utf8); })) {
                 if (!err.failed) err = bad;
                 push_string(p, WJB_VALUE, json);
                 return nullptr;
@@ -280,6 +287,8 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, const c
     Jsonb *jb = row_payload(s, slot, &p, err);
     Datum payload = JsonbPGetDatum(jb);
     char *text = nullptr;  // the payload's JSON text, when it had to be written
+    // Far too large whatever the values of json columns add (not counted in text_size).
+    if (!err.failed && p.text_size > 2 * static_cast<size_t>(max_payload_size)) within_size_limit(p.text_size, err);
     if (!err.failed && !s->typed_check) {
         // json columns, or another encoding than UTF-8: the full check, on the text
         text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
@@ -287,10 +296,11 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, const c
     } else if (!err.failed && guarded(err, [&] { bunce::check_fields(p.fields); })) {
         within_size_limit(p.text_size, err);
     }
+    if (s->name_failed) err = s->name_error;  // a dead letter without an event id
     if (!err.failed) payload = check_event_parameters(&s->event_id, payload, err);
     if (err.failed) {
         if (!text) text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
-        refuse_event(err, context, UUIDPGetDatum(&s->event_id), false, text);
+        refuse_event(err, context, UUIDPGetDatum(&s->event_id), s->name_failed, text);
         return;
     }
     outbox_insert(w, UUIDPGetDatum(&s->event_id), payload);

@@ -2,6 +2,7 @@
 // checked at CREATE TRIGGER and ALTER TABLE; trigger.cpp: the JSON encoder and the firing).
 #pragma once
 
+#include "guard.hpp"
 #include "mapping.hpp"
 
 extern "C" {
@@ -56,6 +57,8 @@ struct TriggerSetup {
     pg_uuid_t event_id;
     bool by_name;            // the trigger names its event: resolved again after a catalog sync
     uint64 catalog_version;  // of the catalog the name was resolved in
+    bool name_failed;        // the name resolves to no event, or to several: name_error
+    CoreError name_error;
     // The payload's shape is known from the column types: the rules need checking only on
     // the values of the email and customer fields, not by parsing the JSON of every row.
     bool typed_check;

@@ -16,6 +16,7 @@ extern "C" {
 #include "mb/pg_wchar.h"
 #include "parser/parse_func.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -185,8 +186,8 @@ bool parse_mapping_layout(const char *mapping, LayoutItem **items, char ***colum
 
 // Parses a trigger's arguments and looks up its columns into s (whose cxt is set); an ERROR
 // naming the trigger and the table for anything wrong. Used when the trigger fires and when
-// it is created.
-void build_setup(TriggerSetup *s, const char *tgname, int nargs, char **args, Relation rel) {
+// it is `creating`.
+void build_setup(TriggerSetup *s, const char *tgname, int nargs, char **args, Relation rel, bool creating) {
     s->relid = RelationGetRelid(rel);
     s->nitems = 0;
     const char *table = RelationGetRelationName(rel);
@@ -206,25 +207,36 @@ void build_setup(TriggerSetup *s, const char *tgname, int nargs, char **args, Re
                  errmsg("trigger \"%s\" on table \"%s\": event id \"%s\" is not a valid UUID", tgname, table, args[0]),
                  errhint("The first argument is the id of an event created in Bunce, or its name in bunce.events.")));
     s->by_name = !uuid_like;
+    s->name_failed = false;
     if (s->by_name) {
-        // An event's name from the catalog instead of its id.
+        // An event's name from the catalog instead of its id. At CREATE TRIGGER an unknown or
+        // ambiguous name is an ERROR, but not while a dump is restored (check_function_bodies
+        // off): bunce.events is not in the dump. When the trigger fires it refuses the event,
+        // as bunce.on_invalid says.
         s->catalog_version = catalog_version();
         const int found = event_id_by_name(args[0], &s->event_id);
-        if (found == 1)
-            ereport(ERROR,
-                    (errcode(ERRCODE_UNDEFINED_OBJECT),
-                     errmsg("trigger \"%s\" on table \"%s\": bunce event \"%s\" is not in the catalog", tgname, table,
-                            args[0]),
-                     errhint("The first argument is an event's id, or its name in bunce.events (case-sensitive). "
-                             "Run SELECT bunce.refresh_events() if the event was created in Bunce since the "
-                             "last sync.")));
-        if (found == 2)
-            ereport(ERROR, (errcode(ERRCODE_DUPLICATE_OBJECT),
-                            errmsg("trigger \"%s\" on table \"%s\": more than one bunce event is named \"%s\"", tgname,
-                                   table, args[0]),
-                            errhint("Pass the event's id instead: SELECT id, description FROM bunce.events WHERE "
-                                    "name = '%s'.",
-                                    args[0])));
+        if (found != 0) {
+            CoreError &e = s->name_error;
+            e.failed = true;
+            e.sqlstate = found == 1 ? ERRCODE_UNDEFINED_OBJECT : ERRCODE_DUPLICATE_OBJECT;
+            if (found == 1) {
+                snprintf(e.message, sizeof e.message, "bunce event \"%s\" is not in the catalog", args[0]);
+                strlcpy(e.hint,
+                        "The first argument is an event's id, or its name in bunce.events (case-sensitive). If the "
+                        "event was created in Bunce since the last sync, SELECT bunce.refresh_events() syncs now.",
+                        sizeof e.hint);
+            } else {
+                snprintf(e.message, sizeof e.message, "more than one bunce event is named \"%s\"", args[0]);
+                snprintf(e.hint, sizeof e.hint,
+                         "Pass the event's id instead: SELECT id, description FROM bunce.events WHERE name = %s.",
+                         quote_literal_cstr(args[0]));
+            }
+            if (!creating) {
+                s->name_failed = true;
+            } else if (check_function_bodies) {
+                raise(e, psprintf("trigger \"%s\" on table \"%s\"", tgname, table));
+            }
+        }
     } else {
         memcpy(&s->event_id, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(args[0]))), sizeof(pg_uuid_t));
     }
@@ -323,7 +335,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
     if (found && triggers_running == 0) MemoryContextDelete(s->cxt);
     s->valid = false;
     s->cxt = AllocSetContextCreate(CacheMemoryContext, "bunce trigger setup", ALLOCSET_SMALL_SIZES);
-    build_setup(s, tg->tgname, tg->tgnargs, tg->tgargs, rel);
+    build_setup(s, tg->tgname, tg->tgnargs, tg->tgargs, rel, false);
     s->valid = true;
     return s;
 }
@@ -366,10 +378,9 @@ void check_create_trigger(CreateTrigStmt *stmt) {
     int i = 0;
     ListCell *lc;
     foreach (lc, stmt->args) args[i++] = strVal(lfirst(lc));
-    TriggerSetup probe;
-    memset(&probe, 0, sizeof probe);
+    TriggerSetup probe{};
     probe.cxt = AllocSetContextCreate(CurrentMemoryContext, "bunce trigger check", ALLOCSET_SMALL_SIZES);
-    build_setup(&probe, stmt->trigname, nargs, args, rel);
+    build_setup(&probe, stmt->trigname, nargs, args, rel, true);
     MemoryContextDelete(probe.cxt);
     table_close(rel, NoLock);
 }

@@ -62,6 +62,7 @@ int catalog_planned_for = -1;                          // the bunce.catalog_refr
 bool catalog_syncing = false;                          // a sync is under way
 bool catalog_page_wanted = false;                      // its next page's request is to be staged
 uint64 catalog_ticket = 0;                             // catalog_asked when the sync under way began
+TimestampTz catalog_last_end = 0;                      // when the last sync ended
 constexpr int64 kCatalogRetryUs = 60 * USECS_PER_SEC;  // after a failed sync, at first
 int64 catalog_retry_us = kCatalogRetryUs;              // doubling while syncs fail
 
@@ -417,13 +418,11 @@ void plan_catalog(TimestampTz now, bool limited) {
 // An event the catalog does not have was claimed, or Bunce answered 404 (an event deleted):
 // the catalog is synced again, at most once a minute, unless syncs are off.
 void catalog_may_be_stale() {
-    static TimestampTz last = 0;
-    const TimestampTz now = GetCurrentTimestamp();
-    if (catalog_refresh_s == 0 || catalog_syncing || now - last < kCatalogRetryUs) return;
-    last = now;
-    SpinLockAcquire(&my_slot->mutex);
-    my_slot->catalog_asked++;
-    SpinLockRelease(&my_slot->mutex);
+    // At most a minute after the last sync ended, and not sooner than planned while syncs
+    // fail: whoever enqueues unknown events cannot make the worker sync on and on.
+    if (catalog_refresh_s == 0 || catalog_retry_us != kCatalogRetryUs) return;
+    const TimestampTz at = catalog_last_end + kCatalogRetryUs;
+    if (catalog_due == 0 || at < catalog_due) catalog_due = at;
 }
 
 // A sync ended: the next one is planned, and whoever waits in bunce.refresh_events() learns
@@ -431,6 +430,7 @@ void catalog_may_be_stale() {
 void catalog_ended(bool ok, int events, const char *error) {
     const TimestampTz now = GetCurrentTimestamp();
     catalog_syncing = catalog_page_wanted = false;
+    catalog_last_end = now;
     const int64 every_us = static_cast<int64>(catalog_refresh_s) * USECS_PER_SEC;
     catalog_due = every_us == 0 ? 0 : now + (ok ? every_us : Min(every_us, catalog_retry_us));
     // One warning when syncs start failing, not one per retry: bunce.status shows the last error.
@@ -451,6 +451,13 @@ void catalog_ended(bool ok, int events, const char *error) {
     SpinLockRelease(&my_slot->mutex);
     if (ok) pg_atomic_fetch_add_u64(&shared->catalog_generation, 1);  // backends read the new catalog
     ConditionVariableBroadcast(&my_slot->catalog_cv);
+}
+
+// The last page was read: the catalog is stored, and the sync ends.
+void store_synced_catalog() {
+    char error[256];
+    const int stored = store_catalog(sender_catalog_json(), error, sizeof error);
+    catalog_ended(stored >= 0, stored, error);
 }
 
 // What may start now, published as the worker's state.
@@ -493,7 +500,10 @@ void exchange(const Round &round) {
     if (catalog == CATALOG_NEXT_PAGE) catalog_page_wanted = true;
     if (catalog == CATALOG_FAILED) catalog_ended(false, 0, sender_catalog_error());
     const bool claiming = round.slots > 0 && look_for_work;
-    if (nanswers == 0 && !claiming && catalog != CATALOG_DONE) return;
+    if (nanswers == 0 && !claiming) {
+        if (catalog == CATALOG_DONE) store_synced_catalog();
+        return;
+    }
     if (claiming) {
         // Before the claim's snapshot: a commit from here on must signal again.
         pg_atomic_write_u32(&my_slot->work_signalled, 0);
@@ -507,8 +517,6 @@ void exchange(const Round &round) {
         if (catalog == CATALOG_DONE) catalog_ended(false, 0, why);
         return;
     }
-    int catalog_events = 0;
-    if (catalog == CATALOG_DONE) catalog_events = store_catalog(sender_catalog_json());
     Recorded recorded{};
     Claimed claimed{0, 0, false, 0, false};
     if (nanswers > 0) recorded = record_answers(answers, nanswers);
@@ -523,7 +531,7 @@ void exchange(const Round &round) {
         if (!look_for_work) next_retry_due = next_due();
     }
     end();
-    if (catalog == CATALOG_DONE) catalog_ended(true, catalog_events, nullptr);
+    if (catalog == CATALOG_DONE) store_synced_catalog();
     bool not_found = false;
     for (int i = 0; i < nanswers; i++) not_found |= answers[i].status == 404;
     if (claimed.unknown_event || not_found) catalog_may_be_stale();
@@ -610,7 +618,9 @@ void wait_for_events(WaitEventSet *wait_set, const Round &round, TimestampTz now
     in.has_free_slot = sender_in_flight() < in_flight_limit();
     in.next_due_us = next_retry_due;
     if (round.may_send) {  // the catalog's next page, or its next sync
-        const TimestampTz catalog_at = catalog_page_wanted ? now : catalog_syncing ? 0 : catalog_due;
+        // (A page waiting for its turn under a rate limit wakes the worker with the limiter.)
+        const bool page_now = catalog_page_wanted && (!round.limited || sender_staged() == 0);
+        const TimestampTz catalog_at = page_now ? now : catalog_syncing ? 0 : catalog_due;
         if (catalog_at && (!in.next_due_us || catalog_at < in.next_due_us)) in.next_due_us = catalog_at;
     }
     in.paused_until_us = pause.until_us;

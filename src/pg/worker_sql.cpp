@@ -766,23 +766,49 @@ void prune_deliveries(TimestampTz now) {
     if (removed == 5000) last_prune = 0;  // more to do: next round, in small batches
 }
 
-int store_catalog(const char *events_json) {
-    // One statement: the events Bunce no longer has go, the others are written as it said.
-    Oid types[1] = {TEXTOID};
-    Datum args[1] = {CStringGetTextDatum(events_json)};
-    const int rc = SPI_execute_with_args(
-        "WITH new AS (SELECT * FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) "
-        "             AS e(id pg_catalog.uuid, name pg_catalog.text, description pg_catalog.text, "
-        "                  parameters pg_catalog.jsonb)), "
-        "gone AS (DELETE FROM bunce.events e WHERE NOT EXISTS (SELECT FROM new WHERE new.id = e.id)) "
-        "INSERT INTO bunce.events AS e (id, name, description, parameters, synced_at) "
-        "SELECT id, name, description, parameters, pg_catalog.now() FROM new "
-        "ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description, "
-        "parameters = excluded.parameters, synced_at = excluded.synced_at",
-        1, types, args, nullptr, false, 0);
-    if (rc != SPI_OK_INSERT)
-        elog(ERROR, "bunce worker: storing the event catalog failed: %s", SPI_result_code_string(rc));
-    return static_cast<int>(SPI_processed);
+int store_catalog(const char *events_json, char *error, size_t error_size) {
+    // In a transaction of its own, and an ERROR (a lock not got in time, what the table
+    // refuses) is a failed sync: the worker goes on delivering.
+    begin("bunce: storing the event catalog");
+    MemoryContext cxt = CurrentMemoryContext;
+    ResourceOwner owner = CurrentResourceOwner;
+    int stored = -1;
+    BeginInternalSubTransaction(nullptr);
+    PG_TRY();
+    {
+        // Not behind someone else's long lock (an ALTER of bunce.events) for long.
+        if (SPI_execute("SET LOCAL lock_timeout = '5s'", false, 0) != SPI_OK_UTILITY)
+            elog(ERROR, "bunce worker: could not set lock_timeout");
+        Oid types[1] = {TEXTOID};
+        Datum args[1] = {CStringGetTextDatum(events_json)};
+        const int rc = SPI_execute_with_args(
+            "WITH new AS (SELECT * FROM pg_catalog.jsonb_to_recordset($1::pg_catalog.jsonb) "
+            "             AS e(id pg_catalog.uuid, name pg_catalog.text, description pg_catalog.text, "
+            "                  parameters pg_catalog.jsonb)), "
+            "gone AS (DELETE FROM bunce.events e WHERE NOT EXISTS (SELECT FROM new WHERE new.id = e.id)) "
+            "INSERT INTO bunce.events AS e (id, name, description, parameters, synced_at) "
+            "SELECT id, name, description, parameters, pg_catalog.now() FROM new "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description, "
+            "parameters = excluded.parameters, synced_at = excluded.synced_at",
+            1, types, args, nullptr, false, 0);
+        if (rc != SPI_OK_INSERT) elog(ERROR, "bunce.events could not be written: %s", SPI_result_code_string(rc));
+        stored = static_cast<int>(SPI_processed);
+        ReleaseCurrentSubTransaction();
+    }
+    PG_CATCH();
+    {
+        MemoryContextSwitchTo(cxt);
+        ErrorData *e = CopyErrorData();
+        FlushErrorState();
+        RollbackAndReleaseCurrentSubTransaction();
+        snprintf(error, error_size, "storing the catalog failed: %s", e->message);
+        FreeErrorData(e);
+    }
+    PG_END_TRY();
+    MemoryContextSwitchTo(cxt);
+    CurrentResourceOwner = owner;
+    end();
+    return stored;
 }
 
 }  // namespace bunce_pg

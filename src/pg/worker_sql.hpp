@@ -73,9 +73,9 @@ void release_turns();
 void check_replica_triggers();
 // Counts the queue for bunce.status.
 void recount_queue();
-// Replaces the event catalog (bunce.events) by these events (sender_catalog_json); returns
-// their number.
-int store_catalog(const char *events_json);
+// Replaces the event catalog (bunce.events) by these events (sender_catalog_json), in a
+// transaction of its own; returns their number, or -1 with *error filled in.
+int store_catalog(const char *events_json, char *error, size_t error_size);
 // Deletes old rows of bunce.deliveries, at most every minute; 5000 at a time.
 void prune_deliveries(TimestampTz now);
 

@@ -130,3 +130,17 @@ TEST(EventParameters, Checks) {
 
     EXPECT_EQ(result(check_parameter("e", note, {V::number, "1"})), ParameterCheck::ok) << "text takes anything";
 }
+
+// What a hostile or broken answer may hold is refused before it is parsed or stored.
+TEST(EventsPage, RefusesWhatCouldHurt) {
+    const std::string ev = R"({"id": "9bb6215c-e2b1-4e51-abff-3a96ca185088", "name": )";
+    const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+    for (const std::string &body : {
+             R"({"data": [)" + ev + R"("x", "parameters": [{"name": "a", "type": "text", "x": )" + deep + "}]}]}",
+             R"({"data": [)" + ev + R"("a\u0000b"}]})",
+             R"({"data": [)" + ev + "\"" + std::string(1001, 'n') + "\"}]}",
+             R"({"data": [)" + ev + R"("x", "description": ")" + std::string(10001, 'd') + "\"}]}",
+         }) {
+        EXPECT_THROW(parse_events_page(body), std::runtime_error) << body.substr(0, 120);
+    }
+}

@@ -396,7 +396,8 @@ TEST(ClassifyTimestamp, OutOfRangeIsNotOther) {
                           "2024-02-30T10:00:00", "2024-05-01T25:00"})
         EXPECT_EQ(classify_timestamp(s).kind, TimestampText::other) << s;
     // Without an offset: a date-time all the same, whose meaning needs a time zone.
-    for (const char *s : {"2024-05-01T10:00:00", "2024-05-01 10:00:59", "2024-05-01T10:00:00.5", "10000-01-01T00:00:00"})
+    for (const char *s :
+         {"2024-05-01T10:00:00", "2024-05-01 10:00:59", "2024-05-01T10:00:00.5", "10000-01-01T00:00:00"})
         EXPECT_EQ(classify_timestamp(s).kind, TimestampText::local) << s;
     EXPECT_EQ(classify_timestamp("2024-05-01T10:00:00+02").utc, "2024-05-01T08:00:00Z");
 }
