@@ -33,7 +33,7 @@ std::string lower(std::string s) {
 
 // A parameter as the checks at enqueue read it: a name, a known type (Bunce writes it in
 // either case), and whether it is required.
-void check_parameter(const json &p, size_t event) {
+void check_parameter_definition(const json &p, size_t event) {
     const std::string where = "event " + std::to_string(event) + " of the page: a parameter ";
     if (!p.is_object()) refuse(where + "that is not an object");
     auto name = p.find("name");
@@ -106,7 +106,7 @@ EventsPage parse_events_page(std::string_view body) {
         } else {
             if (!parameters->is_array())
                 refuse("event " + std::to_string(n) + " of the page with parameters that are not an array");
-            for (const json &p : *parameters) check_parameter(p, n);
+            for (const json &p : *parameters) check_parameter_definition(p, n);
             d.parameters = parameters->dump();
         }
         page.events.push_back(std::move(d));
@@ -127,7 +127,7 @@ std::vector<EventParameter> parse_parameters(std::string_view json_text) {
     if (!parameters.is_array()) throw std::runtime_error("the parameters of an event are not an array");
     std::vector<EventParameter> out;
     for (const json &p : parameters) {
-        check_parameter(p, 1);
+        check_parameter_definition(p, 1);
         const std::string type = lower(p["type"].get<std::string>());
         auto required = p.find("required");
         out.push_back({p["name"].get<std::string>(),

@@ -24,6 +24,7 @@ extern "C" {
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/timestamp.h"
 
 PGDLLEXPORT Datum bunce_trigger_enqueue(PG_FUNCTION_ARGS);
 PG_FUNCTION_INFO_V1(bunce_trigger_enqueue);
@@ -73,6 +74,16 @@ Datum validate_payload(const char *text, Datum original, CoreError &err) {
     }
     if (changed && convert) normalised = pg_any_to_server(normalised, static_cast<int>(normalised_size), PG_UTF8);
     return DirectFunctionCall1(jsonb_in, CStringGetDatum(changed ? normalised : text));
+}
+
+const char *utc_text(TimestampTz ts) {
+    struct pg_tm tm;
+    fsec_t fsec;
+    if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, nullptr, &tm, &fsec, nullptr, nullptr) != 0 || tm.tm_year < 1 ||
+        tm.tm_year > 9999)
+        return nullptr;
+    return psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                    tm.tm_sec);
 }
 
 // The (sub)transaction in which refuse_event is writing a dead letter. (An ERROR leaves it

@@ -6,6 +6,11 @@
 
 #include "guard.hpp"
 
+extern "C" {
+#include "postgres.h"
+#include "datatype/timestamp.h"
+}
+
 namespace bunce_pg {
 
 // Whether a payload of `size` bytes (as sent) is within bunce.max_payload_size; err filled in
@@ -16,6 +21,10 @@ bool within_size_limit(size_t size, CoreError &err);
 // err filled in. `original` is the caller's jsonb, reused when nothing changed (then `text`
 // is its text form), or 0.
 Datum validate_payload(const char *text, Datum original, CoreError &err);
+
+// A timestamp in Bunce's form YYYY-MM-DDTHH:MM:SSZ (UTC, fractional seconds truncated),
+// palloc'd; nullptr when that form cannot hold it (infinite, or a year outside 0001-9999).
+const char *utc_text(TimestampTz ts);
 
 // A refused event: an ERROR, or with bunce.on_invalid = dead_letter a row in
 // bunce.dead_letters and a WARNING, so the business write goes through. Returns the dead

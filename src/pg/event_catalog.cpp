@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "catalog.hpp"
+#include "enqueue.hpp"
 #include "event_catalog.hpp"
 #include "outbox.hpp"
 #include "shmem.hpp"
@@ -76,6 +77,16 @@ bool read_parameters(CachedEvent *e, const char *json, MemoryContext cxt) {
     });
 }
 
+// An empty catalog table in cxt (nullptr: the current memory context).
+HTAB *new_catalog(MemoryContext cxt) {
+    HASHCTL ctl;
+    memset(&ctl, 0, sizeof ctl);
+    ctl.keysize = sizeof(pg_uuid_t);
+    ctl.entrysize = sizeof(CachedEvent);
+    ctl.hcxt = cxt;
+    return hash_create("bunce event catalog", 64, &ctl, HASH_ELEM | HASH_BLOBS | (cxt ? HASH_CONTEXT : 0));
+}
+
 // Reads bunce.events as last committed (whatever the caller's snapshot: it is a copy of what
 // Bunce says, not data of the transaction) into a new copy, which replaces the old one only
 // once it is whole. The lock is let go at once, and never waited for: while an ALTER of the
@@ -86,12 +97,7 @@ void read_catalog() {
     const Oid relid = get_relname_relid("events", bunce_namespace());
     if (OidIsValid(relid) && !ConditionalLockRelationOid(relid, AccessShareLock)) return;
     MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "bunce event catalog", ALLOCSET_DEFAULT_SIZES);
-    HASHCTL ctl;
-    memset(&ctl, 0, sizeof ctl);
-    ctl.keysize = sizeof(pg_uuid_t);
-    ctl.entrysize = sizeof(CachedEvent);
-    ctl.hcxt = cxt;
-    HTAB *events = hash_create("bunce event catalog", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+    HTAB *events = new_catalog(cxt);
     if (OidIsValid(relid)) {  // (none: a schema before the catalog)
         Relation rel = table_open(relid, NoLock);
         TupleDesc desc = RelationGetDescr(rel);
@@ -130,14 +136,7 @@ void read_catalog() {
 
 HTAB *current_catalog() {
     if (!catalog || catalog_version() != catalog_read_at) read_catalog();
-    if (!catalog) {  // never read, and the table locked: an empty copy for now
-        HASHCTL ctl;
-        memset(&ctl, 0, sizeof ctl);
-        ctl.keysize = sizeof(pg_uuid_t);
-        ctl.entrysize = sizeof(CachedEvent);
-        return hash_create("bunce event catalog (none yet)", 1, &ctl, HASH_ELEM | HASH_BLOBS);
-    }
-    return catalog;
+    return catalog ? catalog : new_catalog(nullptr);  // never read, and the table locked: none for now
 }
 
 // A parameter's value in the payload, as the core's check reads it.
@@ -157,15 +156,8 @@ bunce::ParameterValue parameter_value(Jsonb *payload, const char *name, JsonbVal
 // A date-time without an offset, read in the session's TimeZone (as a timestamp column is),
 // in Bunce's form; nullptr when Bunce's form cannot hold it.
 const char *local_time_utc(const char *text) {
-    const TimestampTz ts = DatumGetTimestampTz(
-        DirectFunctionCall3(timestamptz_in, CStringGetDatum(text), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
-    struct pg_tm tm;
-    fsec_t fsec;
-    if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, nullptr, &tm, &fsec, nullptr, nullptr) != 0 || tm.tm_year < 1 ||
-        tm.tm_year > 9999)
-        return nullptr;
-    return psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                    tm.tm_sec);
+    return utc_text(DatumGetTimestampTz(
+        DirectFunctionCall3(timestamptz_in, CStringGetDatum(text), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1))));
 }
 
 // The payload with some top-level members' values replaced by strings.

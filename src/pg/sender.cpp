@@ -110,25 +110,25 @@ namespace {
 // names what went wrong, never the key).
 void read_catalog_page(const bunce::HttpAnswer &a) {
     auto &c = delivery->catalog;
-    auto fail = [&c](std::string why) {
+    auto fail = [&c](std::string error) {
         c.step = CATALOG_FAILED;
-        c.error = "GET /events " + why;
+        c.error = std::move(error);
         c.events.clear();
         c.events.shrink_to_fit();
     };
-    if (!a.error.empty()) return fail("failed: " + a.error);
+    if (!a.error.empty()) return fail("GET /events failed: " + a.error);
     if (a.status < 200 || a.status >= 300) {
         const bunce::Verdict v = bunce::classify(a.status, a.body, a.error);
-        return fail("answered HTTP " + std::to_string(a.status) + ": " + v.message);
+        return fail("GET /events answered HTTP " + std::to_string(a.status) + ": " + v.message);
     }
     if (a.body.size() >= bunce::kMaxEventsPageBytes)
-        return fail("answered a page of more than " + std::to_string(bunce::kMaxEventsPageBytes) + " bytes");
+        return fail("GET /events answered a page of more than " + std::to_string(bunce::kMaxEventsPageBytes) +
+                    " bytes");
     bunce::EventsPage page;
     try {
         page = bunce::parse_events_page(a.body);
     } catch (const std::runtime_error &e) {
-        fail(std::string(e.what()).substr(std::strlen("GET /events ")));
-        return;
+        return fail(e.what());  // names GET /events
     }
     for (auto &e : page.events) {
         c.bytes += e.name.size() + e.description.size() + e.parameters.size() + 64;
@@ -136,13 +136,13 @@ void read_catalog_page(const bunce::HttpAnswer &a) {
     }
     c.pages++;
     if (c.bytes > bunce::kMaxCatalogBytes) {
-        fail("answered a catalog of more than " + std::to_string(bunce::kMaxCatalogBytes >> 20) + " MB");
+        fail("GET /events answered a catalog of more than " + std::to_string(bunce::kMaxCatalogBytes >> 20) + " MB");
     } else if (!page.has_next_page) {
         c.step = CATALOG_DONE;
     } else if (c.pages >= bunce::kMaxEventsPages) {
-        fail("has more than " + std::to_string(bunce::kMaxEventsPages) + " pages");
+        fail("GET /events has more than " + std::to_string(bunce::kMaxEventsPages) + " pages");
     } else if (page.events.empty() || page.next_page_cursor == c.cursor) {
-        fail("answered a page that leads nowhere (no events, or the same cursor again)");
+        fail("GET /events answered a page that leads nowhere (no events, or the same cursor again)");
     } else {
         c.cursor = std::move(page.next_page_cursor);
         c.step = CATALOG_NEXT_PAGE;

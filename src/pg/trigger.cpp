@@ -100,14 +100,9 @@ Problem push_as_text(RowPayload *p, Column *c, Datum d, Problem problem) {
 // A timestamp (microseconds since 2000-01-01 UTC) in Bunce's form, fractional seconds
 // truncated.
 Problem push_utc(RowPayload *p, TimestampTz ts, Column *c, Datum d) {
-    struct pg_tm tm;
-    fsec_t fsec;
-    if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, nullptr, &tm, &fsec, nullptr, nullptr) != 0 || tm.tm_year < 1 ||
-        tm.tm_year > 9999)
-        return push_as_text(p, c, d, kOutOfRange);
-    push_string(p, WJB_VALUE,
-                psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                         tm.tm_sec));
+    const char *utc = utc_text(ts);
+    if (!utc) return push_as_text(p, c, d, kOutOfRange);
+    push_string(p, WJB_VALUE, utc);
     return nullptr;
 }
 
@@ -133,6 +128,11 @@ Problem push_text(RowPayload *p, const char *text) {
     return ts.kind == bunce::TimestampText::out_of_range ? kOutOfRange : nullptr;
 }
 
+Numeric numeric_of(const char *text) {
+    return DatumGetNumeric(
+        DirectFunctionCall3(numeric_in, CStringGetDatum(text), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+}
+
 // A number column. NaN and infinities have no JSON number form: they are sent as strings.
 Problem push_numeric(RowPayload *p, Column *c, Datum d) {
     const char *s = OutputFunctionCall(&c->output, d);
@@ -145,8 +145,7 @@ Problem push_numeric(RowPayload *p, Column *c, Datum d) {
     if (c->kind == KIND_NUMERIC) {
         n = DatumGetNumeric(d);
     } else {
-        n = DatumGetNumeric(
-            DirectFunctionCall3(numeric_in, CStringGetDatum(s), ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1)));
+        n = numeric_of(s);
         // jsonb writes a number out in full: 1e+300 takes 301 characters.
         if (strchr(s, 'e')) size = strlen(DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(n))));
     }
@@ -185,10 +184,7 @@ Problem push_value(RowPayload *p, Column *c, Datum d, const LayoutItem *item, co
         }
         case KIND_INT: {
             const char *s = OutputFunctionCall(&c->output, d);
-            push_number(p,
-                        DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum(s),
-                                                            ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1))),
-                        strlen(s));
+            push_number(p, numeric_of(s), strlen(s));
             return nullptr;
         }
         case KIND_NUMERIC:

@@ -499,11 +499,9 @@ void exchange(const Round &round) {
     }
     if (catalog == CATALOG_NEXT_PAGE) catalog_page_wanted = true;
     if (catalog == CATALOG_FAILED) catalog_ended(false, 0, sender_catalog_error());
+    if (catalog == CATALOG_DONE) store_synced_catalog();  // in a transaction of its own
     const bool claiming = round.slots > 0 && look_for_work;
-    if (nanswers == 0 && !claiming) {
-        if (catalog == CATALOG_DONE) store_synced_catalog();
-        return;
-    }
+    if (nanswers == 0 && !claiming) return;
     if (claiming) {
         // Before the claim's snapshot: a commit from here on must signal again.
         pg_atomic_write_u32(&my_slot->work_signalled, 0);
@@ -514,7 +512,6 @@ void exchange(const Round &round) {
     if (check_extension(why, sizeof why) != EXTENSION_READY) {
         end();
         lose_extension();
-        if (catalog == CATALOG_DONE) catalog_ended(false, 0, why);
         return;
     }
     Recorded recorded{};
@@ -531,7 +528,6 @@ void exchange(const Round &round) {
         if (!look_for_work) next_retry_due = next_due();
     }
     end();
-    if (catalog == CATALOG_DONE) store_synced_catalog();
     bool not_found = false;
     for (int i = 0; i < nanswers; i++) not_found |= answers[i].status == 404;
     if (claimed.unknown_event || not_found) catalog_may_be_stale();
