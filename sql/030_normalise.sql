@@ -133,4 +133,19 @@ SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
 SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
     '{"email": "ada@example.com", "when": ["0001-01-01T00:30:00+01:00"]}');
 
+
+-- Checked value by value on the jsonb, in the order of the checks on text: a number beyond
+-- double precision before the recipient, the recipient before other values, and the
+-- first value refused in document order; only customer.customer_id becomes a string.
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+    '{"email": "not an address", "a": "9999-12-31T23:30:00-01:00", "b": 1e400}');
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+    '{"email": "not an address", "a": "9999-12-31T23:30:00-01:00"}');
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+    '{"email": "ada@example.com", "b": 1e70, "a": "9999-12-31T23:30:00-01:00"}');
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+    '{"customer": {"customer_id": 7, "devices": [], "n": {"customer_id": 8}}, "x": {"customer_id": 9},
+      "d": ["2024-05-01", {"e": "2024-05-01T10:00+02:00"}]}') > 0 AS enqueued;
+SELECT payload FROM bunce.outbox ORDER BY id DESC LIMIT 1;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"customer": {"customer_id": 7.5}}');
 DROP EXTENSION bunce;

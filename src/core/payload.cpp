@@ -66,6 +66,45 @@ std::string_view token_text(std::string_view token, bool escaped, std::string &d
     return decoded;
 }
 
+}  // namespace
+
+bool is_normalised(std::string_view top_key, bool at_top) {
+    return top_key != "customer" && !(at_top && top_key == "email");
+}
+
+std::optional<std::string> normalise_string(std::string_view field, std::string_view text) {
+    TimestampText ts = classify_timestamp(text);
+    if (ts.kind == TimestampText::out_of_range)
+        refuse("payload field \"" + std::string(field) + "\" holds a date-time outside the years 0001 to 9999 (UTC)",
+               "Bunce takes timestamps only as YYYY-MM-DDTHH:MM:SSZ and drops any other form; correct the value.");
+    if (ts.kind != TimestampText::date_time) return std::nullopt;
+    return std::move(ts.utc);
+}
+
+bool beyond_double(std::string_view number) {
+    return (number.size() > 300 || number.find_first_of("eE") != number.npos) &&
+           std::isinf(std::strtod(std::string(number).c_str(), nullptr));
+}
+
+void check_number(std::string_view field, std::string_view number) {
+    if (beyond_double(number))
+        refuse("payload field \"" + std::string(field) + "\" holds a number too large for Bunce",
+               "Numbers must fit in double precision (about 1.8e308); send larger ones as strings.");
+    // jsonb writes numbers out in full: 0e-16383 would become 16,385 characters.
+    if (written_out_length(number) > kMaxNumberChars)
+        throw InvalidJson("payload field \"" + std::string(field) + "\" holds a number of more than " +
+                              std::to_string(kMaxNumberChars) + " characters when written out",
+                          "Bunce reads numbers as double precision; send such a value as a string.");
+}
+
+void check_integer_customer_id(std::string_view number) {
+    if (!is_integer_token(number))
+        refuse("payload field \"customer.customer_id\" must be a string or an integer",
+               "Pass the customer id as text, for example \"42\".");
+}
+
+namespace {
+
 // Normalises the payload in its JSON text: date-time strings into Bunce's form, everywhere
 // but in the customer object and the top-level "email" (identities, not times: a customer_id
 // may look like a date), and an integer customer.customer_id into a string. Working on the
@@ -110,16 +149,9 @@ std::optional<std::string> normalise_text(std::string_view t) {
             if (level && level->object && level->expect_key) {
                 level->key.assign(text);
                 level->expect_key = false;
-            } else if (level && levels[0].object && levels[0].key != "customer" &&
-                       !(levels.size() == 1 && level->key == "email")) {
-                TimestampText ts = classify_timestamp(text);
-                if (ts.kind == TimestampText::out_of_range)
-                    refuse(
-                        "payload field \"" + levels[0].key +
-                            "\" holds a date-time outside the years 0001 to 9999 (UTC)",
-                        "Bunce takes timestamps only as YYYY-MM-DDTHH:MM:SSZ and drops any other form; correct the value.");
-                if (ts.kind == TimestampText::date_time && (escaped || ts.utc != text))
-                    replace(i, end + 1, '"' + ts.utc + '"');
+            } else if (level && levels[0].object && is_normalised(levels[0].key, levels.size() == 1)) {
+                if (auto utc = normalise_string(levels[0].key, text); utc && (escaped || *utc != text))
+                    replace(i, end + 1, '"' + *utc + '"');
             }
             i = end + 1;
             continue;
@@ -128,21 +160,10 @@ std::optional<std::string> normalise_text(std::string_view t) {
             size_t end = i;
             while (end < t.size() && std::strchr("+-.0123456789eE", t[end])) end++;
             const std::string_view number = t.substr(i, end - i);
-            const std::string field = levels.empty() ? std::string() : levels[0].key;
-            if ((number.size() > 300 || number.find_first_of("eE") != number.npos) &&
-                std::isinf(std::strtod(std::string(number).c_str(), nullptr)))
-                refuse("payload field \"" + field + "\" holds a number too large for Bunce",
-                       "Numbers must fit in double precision (about 1.8e308); send larger ones as strings.");
-            // jsonb writes numbers out in full: 0e-16383 would become 16,385 characters.
-            if (written_out_length(number) > kMaxNumberChars)
-                throw InvalidJson("payload field \"" + field + "\" holds a number of more than " +
-                                      std::to_string(kMaxNumberChars) + " characters when written out",
-                                  "Bunce reads numbers as double precision; send such a value as a string.");
+            check_number(levels.empty() ? std::string() : levels[0].key, number);
             if (levels.size() == 2 && levels[0].key == "customer" && levels[1].object &&
                 levels[1].key == "customer_id") {
-                if (!is_integer_token(number))
-                    refuse("payload field \"customer.customer_id\" must be a string or an integer",
-                           "Pass the customer id as text, for example \"42\".");
+                check_integer_customer_id(number);
                 replace(i, end, '"' + std::string(number) + '"');
             }
             i = end;
@@ -279,14 +300,41 @@ void check_fields(const PayloadFields &f) {
 
 namespace {
 
+// The top-level "email" and "customer" (nullptr: absent).
+void check_recipient(const json *email, const json *customer) {
+    const bool has_email = email && !email->is_null();
+    if (has_email) check_email(*email, "email");
+    if (customer && !customer->is_null())
+        check_customer(*customer);
+    else if (!has_email)
+        refuse_no_recipient();
+}
+
+[[noreturn]] void refuse_depth() {
+    throw LimitExceeded("payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
+                        "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");
+}
+
 void check_depth(std::string_view text) {
-    if (json_depth(text, kMaxPayloadDepth) > kMaxPayloadDepth)
-        throw LimitExceeded(
-            "payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
-            "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");
+    if (json_depth(text, kMaxPayloadDepth) > kMaxPayloadDepth) refuse_depth();
 }
 
 }  // namespace
+
+void check_parsed_recipient(std::string_view email_json, std::string_view customer_json) {
+    json email, customer;
+    try {
+        if (!email_json.empty()) email = json::parse(email_json);
+        if (!customer_json.empty()) customer = json::parse(customer_json);
+    } catch (const json::exception &) {
+        throw InvalidJson("payload is not valid JSON");
+    }
+    check_recipient(email_json.empty() ? nullptr : &email, customer_json.empty() ? nullptr : &customer);
+}
+
+void check_parsed_depth(size_t depth) {
+    if (depth > kMaxPayloadDepth) refuse_depth();
+}
 
 void check_member_value(std::string_view key, std::string_view json_text) {
     const std::string wrapped = "{" + json(std::string(key)).dump() + ":" + std::string(json_text) + "}";
@@ -315,16 +363,9 @@ PreparedPayload prepare_payload(std::string_view text) {
         throw InvalidJson("payload is not valid JSON");
     }
     if (!payload.is_object()) refuse(std::string("payload must be a JSON object, not ") + payload.type_name());
-
     auto email = payload.find("email");
-    const bool has_email = email != payload.end() && !email->is_null();
-    if (has_email) check_email(*email, "email");
     auto customer = payload.find("customer");
-    if (customer != payload.end() && !customer->is_null())
-        check_customer(*customer);
-    else if (!has_email)
-        refuse_no_recipient();
-
+    check_recipient(email == payload.end() ? nullptr : &*email, customer == payload.end() ? nullptr : &*customer);
     if (auto normalised = normalise_text(text)) return {true, std::move(*normalised)};
     return {false, std::string()};
 }

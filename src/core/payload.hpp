@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -29,6 +30,28 @@ PreparedPayload prepare_payload(std::string_view json_text);
 // large or written out too long, date-times out of range), before it is stored as jsonb.
 // Throws as prepare_payload does.
 void check_member_value(std::string_view key, std::string_view json_text);
+
+// The rules of prepare_payload one part at a time, for a caller that walks a payload it holds
+// parsed already (bunce_trigger's jsonb) instead of its text; `field` is the top-level key a
+// value is under. They throw as prepare_payload does.
+//
+// Whether strings under `top_key` are normalised: not in "customer", nor the top-level
+// "email" (`at_top`: the value is the member itself).
+bool is_normalised(std::string_view top_key, bool at_top);
+// A string that is a date-time: its form for Bunce (which may equal it); nullopt otherwise.
+std::optional<std::string> normalise_string(std::string_view field, std::string_view text);
+// Whether a number (JSON text) is beyond double precision, which Bunce reads: the first
+// thing prepare_payload refuses after the depth, so it goes before the other checks.
+bool beyond_double(std::string_view number);
+// A number, as JSON text.
+void check_number(std::string_view field, std::string_view number);
+// customer.customer_id given as a number, as JSON text: it must be an integer (it is sent as
+// a string).
+void check_integer_customer_id(std::string_view number);
+// The top-level "email" and "customer" members as JSON text (empty: absent).
+void check_parsed_recipient(std::string_view email_json, std::string_view customer_json);
+// How deeply the payload nests objects and arrays (the payload itself is 1).
+void check_parsed_depth(size_t depth);
 
 // The parts of a payload that Bunce's rules are about, for a caller that built the payload
 // itself from typed values (the generic trigger): NULL means absent.

@@ -76,6 +76,153 @@ Datum validate_payload(const char *text, Datum original, CoreError &err) {
     return DirectFunctionCall1(jsonb_in, CStringGetDatum(changed ? normalised : text));
 }
 
+size_t json_string_size(const char *s, size_t len) {
+    size_t n = 2 + len;
+    for (size_t i = 0; i < len; i++) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+            n += 1;
+        else if (c < ' ')
+            n += 5;  // \u00XX
+    }
+    return n;
+}
+
+namespace {
+
+// A value of a jsonb payload as JSON text.
+const char *jsonb_value_text(JsonbValue *v) {
+    if (v->type == jbvString) {
+        StringInfoData s;
+        initStringInfo(&s);
+        escape_json(&s, pnstrdup(v->val.string.val, v->val.string.len));
+        return s.data;
+    }
+    if (v->type == jbvBinary) return JsonbToCString(nullptr, v->val.binary.data, v->val.binary.len);
+    Jsonb *scalar = JsonbValueToJsonb(v);
+    return JsonbToCString(nullptr, &scalar->root, VARSIZE(scalar));
+}
+
+// A string that replaces the ordinal-th scalar of a payload.
+struct Replacement {
+    int ordinal;
+    char *text;
+};
+
+}  // namespace
+
+Datum validate_jsonb_payload(Jsonb *jb, const char *text, CoreError &err) {
+    const size_t size = strlen(text);
+    if (size > static_cast<size_t>(max_payload_size) + 2 && !within_size_limit(size, err)) return static_cast<Datum>(0);
+    // Not an object, or not UTF-8, which the core reads: its checks on the text, with their messages.
+    if (!JB_ROOT_IS_OBJECT(jb) || GetDatabaseEncoding() != PG_UTF8)
+        return validate_payload(text, PointerGetDatum(jb), err);
+
+    // The checks of prepare_payload, value by value, in its order: depth, a number beyond
+    // double precision, the recipient, then the first value refused in document order.
+    CoreError depth_err, value_err;
+    bool beyond = false;
+    Replacement *replacements = nullptr;
+    int nreplacements = 0, capacity = 0, ordinal = 0, depth = 0;
+    long grown = 0;  // how much longer the text becomes
+    bool is_object[bunce::kMaxPayloadDepth + 1];
+    std::string_view top_key;  // the top-level key the value is under
+    bool customer_id = false;  // the key at depth 2 is "customer_id"
+    auto replace = [&](char *with, long growth) {
+        if (nreplacements == capacity) {
+            capacity = capacity ? 2 * capacity : 4;
+            replacements =
+                static_cast<Replacement *>(replacements ? repalloc(replacements, sizeof(Replacement) * capacity)
+                                                        : palloc(sizeof(Replacement) * capacity));
+        }
+        replacements[nreplacements++] = {ordinal, with};
+        grown += growth;
+    };
+    JsonbIterator *it = JsonbIteratorInit(&jb->root);
+    JsonbValue v;
+    JsonbIteratorToken token;
+    while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE) {
+        if (token == WJB_BEGIN_OBJECT || token == WJB_BEGIN_ARRAY) {
+            if (++depth > static_cast<int>(bunce::kMaxPayloadDepth)) {
+                guarded(depth_err, [&] { bunce::check_parsed_depth(static_cast<size_t>(depth)); });
+                break;
+            }
+            is_object[depth] = token == WJB_BEGIN_OBJECT;
+            continue;
+        }
+        if (token == WJB_END_OBJECT || token == WJB_END_ARRAY) {
+            depth--;
+            continue;
+        }
+        if (token == WJB_KEY) {
+            const std::string_view key(v.val.string.val, v.val.string.len);
+            if (depth == 1) top_key = key;
+            if (depth == 2) customer_id = key == "customer_id";
+            continue;
+        }
+        ordinal++;  // a scalar value or array element
+        CoreError bad;
+        if (v.type == jbvString) {
+            const std::string_view value(v.val.string.val, v.val.string.len);
+            char *utc = nullptr;
+            if (!guarded(bad, [&] {
+                    if (!bunce::is_normalised(top_key, depth == 1)) return;
+                    if (auto u = bunce::normalise_string(top_key, value); u && *u != value)
+                        utc = pstrdup_nothrow(u->data(), u->size());
+                }))
+                utc = nullptr;
+            if (utc)
+                replace(utc, static_cast<long>(strlen(utc) + 2) -
+                                 static_cast<long>(json_string_size(value.data(), value.size())));
+        } else if (v.type == jbvNumeric) {
+            char *number = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
+            beyond |= bunce::beyond_double(number);
+            const bool is_customer_id = depth == 2 && is_object[2] && customer_id && top_key == "customer";
+            if (guarded(bad,
+                        [&] {
+                            bunce::check_number(top_key, number);
+                            if (is_customer_id) bunce::check_integer_customer_id(number);
+                        }) &&
+                is_customer_id)
+                replace(number, 2);  // made a string
+        }
+        if (bad.failed && !value_err.failed) value_err = bad;
+    }
+    if (depth_err.failed || (beyond && value_err.failed)) {
+        err = depth_err.failed ? depth_err : value_err;
+        return static_cast<Datum>(0);
+    }
+    JsonbValue email, customer;
+    const char *email_text =
+        getKeyJsonValueFromContainer(&jb->root, "email", 5, &email) ? jsonb_value_text(&email) : "";
+    const char *customer_text =
+        getKeyJsonValueFromContainer(&jb->root, "customer", 8, &customer) ? jsonb_value_text(&customer) : "";
+    if (!guarded(err, [&] { bunce::check_parsed_recipient(email_text, customer_text); })) return static_cast<Datum>(0);
+    if (value_err.failed) {
+        err = value_err;
+        return static_cast<Datum>(0);
+    }
+    if (!within_size_limit(static_cast<size_t>(static_cast<long>(size) + grown), err)) return static_cast<Datum>(0);
+    if (nreplacements == 0) return PointerGetDatum(jb);
+
+    // The payload again, with the replacements.
+    JsonbParseState *state = nullptr;
+    JsonbValue *result = nullptr;
+    int next = 0;
+    ordinal = 0;
+    it = JsonbIteratorInit(&jb->root);
+    while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE) {
+        if ((token == WJB_VALUE || token == WJB_ELEM) && ++ordinal == replacements[next].ordinal) {
+            v.type = jbvString;
+            v.val.string.val = replacements[next].text;
+            v.val.string.len = static_cast<int>(strlen(replacements[next].text));
+            next = Min(next + 1, nreplacements - 1);
+        }
+        result = pushJsonbValue(&state, token, token < WJB_BEGIN_ARRAY ? &v : nullptr);
+    }
+    return JsonbPGetDatum(JsonbValueToJsonb(result));
+}
+
 const char *utc_text(TimestampTz ts) {
     struct pg_tm tm;
     fsec_t fsec;
@@ -190,7 +337,7 @@ Datum enqueue_event(FunctionCallInfo fcinfo) {
     Jsonb *jb = PG_GETARG_JSONB_P(1);
     char *text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
     CoreError err;
-    Datum payload = validate_payload(text, PointerGetDatum(jb), err);
+    Datum payload = validate_jsonb_payload(jb, text, err);
     if (!err.failed) payload = check_event_parameters(DatumGetUUIDP(event_id), payload, err);
     if (err.failed) PG_RETURN_INT64(refuse_event(err, nullptr, event_id, false, text));
 

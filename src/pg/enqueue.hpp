@@ -9,6 +9,7 @@
 extern "C" {
 #include "postgres.h"
 #include "datatype/timestamp.h"
+#include "utils/jsonb.h"
 }
 
 namespace bunce_pg {
@@ -21,6 +22,12 @@ bool within_size_limit(size_t size, CoreError &err);
 // err filled in. `original` is the caller's jsonb, reused when nothing changed (then `text`
 // is its text form), or 0.
 Datum validate_payload(const char *text, Datum original, CoreError &err);
+// The same for a payload given as jsonb, `text` its text form: checked value by value
+// without parsing the text again.
+Datum validate_jsonb_payload(Jsonb *jb, const char *text, CoreError &err);
+
+// The length of a string as escape_json writes it, quotes included.
+size_t json_string_size(const char *s, size_t len);
 
 // A timestamp in Bunce's form YYYY-MM-DDTHH:MM:SSZ (UTC, fractional seconds truncated),
 // palloc'd; nullptr when that form cannot hold it (infinite, or a year outside 0001-9999).

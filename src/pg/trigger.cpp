@@ -49,19 +49,6 @@ struct RowPayload {
     bunce::PayloadFields fields;
 };
 
-// The length of a string as escape_json writes it, quotes included.
-size_t json_string_size(const char *s, size_t len) {
-    size_t n = 2 + len;
-    for (size_t i = 0; i < len; i++) {
-        const unsigned char c = static_cast<unsigned char>(s[i]);
-        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
-            n += 1;
-        else if (c < ' ')
-            n += 5;  // \u00XX
-    }
-    return n;
-}
-
 // A payload whose text is already past this is refused for its size whatever follows; its
 // values from there on are not copied (jsonb could not hold a large enough row at all).
 constexpr size_t kBuildLimit = 64 * 1024 * 1024;
