@@ -112,6 +112,31 @@ DROP EXTENSION bunce;
 ROLLBACK;
 DROP TABLE bulk_orders;
 
+-- The outbox writer keeps what it built from one transaction to the next, and follows the
+-- table: an index made since is maintained, a default set since is used (the rows from before
+-- read the column's first default).
+TRUNCATE bunce.outbox;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+CREATE INDEX outbox_test_idx ON bunce.outbox (enqueued_at);
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+BEGIN;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+SELECT 1 / 0;
+ROLLBACK;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+SET enable_seqscan = off;
+SELECT count(*) AS in_new_index FROM bunce.outbox WHERE enqueued_at > '2000-01-01';
+RESET enable_seqscan;
+DROP INDEX bunce.outbox_test_idx;
+ALTER TABLE bunce.outbox ADD COLUMN note text DEFAULT 'before';
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+ALTER TABLE bunce.outbox ALTER COLUMN note SET DEFAULT 'after';
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+SELECT note, count(*) FROM bunce.outbox GROUP BY note ORDER BY note;
+ALTER TABLE bunce.outbox DROP COLUMN note;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+SELECT count(*) AS queued FROM bunce.outbox;
+
 DROP FUNCTION place_order(int, text);
 DROP TABLE orders;
 DROP EXTENSION bunce;

@@ -7,6 +7,7 @@
 #include "shmem.hpp"
 
 extern "C" {
+#include "access/genam.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -24,10 +25,12 @@ extern "C" {
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/proc.h"
+#include "storage/sinval.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/inval.h"
 #include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -179,7 +182,8 @@ void outbox_open(OutboxWriter *w, bool bulk) {
     w->rri = makeNode(ResultRelInfo);
     InitResultRelInfo(w->rri, w->rel, 1, nullptr, 0);
     ExecOpenIndices(w->rri, false);
-    w->slot = MakeSingleTupleTableSlot(RelationGetDescr(w->rel), &TTSOpsVirtual);
+    // A copy of the descriptor: the relcache's would be pinned by the transaction.
+    w->slot = MakeSingleTupleTableSlot(CreateTupleDescCopy(RelationGetDescr(w->rel)), &TTSOpsVirtual);
     w->bistate = bulk ? GetBulkInsertState() : nullptr;
     w->batch = nullptr;
     w->nbatch = 0;
@@ -262,13 +266,77 @@ int64 block_next = 0, block_end = 0;
 
 // The writer for single rows, kept open for the rest of the command: a COPY or a multi-row
 // INSERT fires the row trigger once per row, and opening the outbox and its indexes each time
-// cost about as much as the insert. It lives in TopTransactionContext and its relations are
-// held by TopTransactionResourceOwner (the portal's may end first). It is closed before
-// commit, and replaced when the command counter moves on, so that it never misses a change
-// to the table made by an earlier command of the transaction. After an ERROR the transaction
-// abort releases it and restores CurrentResourceOwner.
+// cost about as much as the insert. Its relations are held by TopTransactionResourceOwner (the
+// portal's may end first). It is closed before commit, and opened again when the command
+// counter moves on, so that it never misses a change to the table made by an earlier command
+// of the transaction. After an ERROR the transaction abort releases its relations.
 OutboxWriter *row_writer = nullptr;
 CommandId row_writer_cid = InvalidCommandId;
+
+// What that writer built, kept from one transaction to the next in a memory context of its own:
+// the map of the columns and the executor's state for the indexes (their index info, the
+// partial indexes' predicates compiled), which cost as much again as an insert. Opening it
+// again only locks the relations. A relcache invalidation of the outbox or of one of its
+// indexes (ALTER TABLE, CREATE INDEX, the extension made again) has it built anew.
+OutboxWriter *kept = nullptr;
+MemoryContext kept_cxt = nullptr;
+Oid kept_relid = InvalidOid;
+Oid *kept_indexes = nullptr;  // rri->ri_NumIndices of them
+bool kept_stale = false;
+
+void invalidate_kept(Datum, Oid relid) {
+    if (!kept || kept_stale) return;
+    bool ours = relid == InvalidOid || relid == kept_relid;
+    for (int i = 0; !ours && i < kept->rri->ri_NumIndices; i++) ours = relid == kept_indexes[i];
+    kept_stale = ours;
+}
+
+void build_kept() {
+    static bool registered = false;
+    if (!registered) {
+        CacheRegisterRelcacheCallback(invalidate_kept, 0);
+        registered = true;
+    }
+    // Under the transaction until it is complete: an ERROR on the way frees it.
+    MemoryContext cxt = AllocSetContextCreate(TopTransactionContext, "bunce outbox writer", ALLOCSET_SMALL_SIZES);
+    MemoryContext old = MemoryContextSwitchTo(cxt);
+    const uint64 invalidations = SharedInvalidMessageCounter;
+    auto *w = static_cast<OutboxWriter *>(palloc(sizeof(OutboxWriter)));
+    outbox_open(w, false);
+    auto *indexes = static_cast<Oid *>(palloc(sizeof(Oid) * Max(1, w->rri->ri_NumIndices)));
+    for (int i = 0; i < w->rri->ri_NumIndices; i++) indexes[i] = RelationGetRelid(w->rri->ri_IndexRelationDescs[i]);
+    MemoryContextSwitchTo(old);
+    MemoryContextSetParent(cxt, TopMemoryContext);
+    kept = w;
+    kept_cxt = cxt;
+    kept_relid = RelationGetRelid(w->rel);
+    kept_indexes = indexes;
+    // Invalidations taken in while it was built, after the table was locked, may be about it.
+    kept_stale = SharedInvalidMessageCounter != invalidations;
+}
+
+void discard_kept() {
+    MemoryContextDelete(kept_cxt);
+    kept = nullptr;
+    kept_cxt = nullptr;
+    kept_relid = InvalidOid;
+    kept_indexes = nullptr;
+}
+
+// Opens the kept writer's relations; false (nothing open) when it must be built anew.
+bool reopen_kept() {
+    if (kept_stale || get_relname_relid("outbox", bunce_namespace()) != kept_relid) return false;
+    Relation rel = table_open(kept_relid, RowExclusiveLock);
+    if (kept_stale) {  // invalidations taken in with the lock
+        table_close(rel, NoLock);
+        return false;
+    }
+    kept->rel = rel;
+    kept->rri->ri_RelationDesc = rel;
+    for (int i = 0; i < kept->rri->ri_NumIndices; i++)
+        kept->rri->ri_IndexRelationDescs[i] = index_open(kept_indexes[i], RowExclusiveLock);
+    return true;
+}
 
 }  // namespace
 
@@ -399,9 +467,11 @@ void close_row_writer() {
     if (!row_writer) return;
     ResourceOwner save = CurrentResourceOwner;
     CurrentResourceOwner = TopTransactionResourceOwner;
-    outbox_close(row_writer);
+    // As ExecCloseIndices: the index locks go, the table's lock is kept to the end.
+    for (int i = 0; i < kept->rri->ri_NumIndices; i++)
+        index_close(kept->rri->ri_IndexRelationDescs[i], RowExclusiveLock);
+    table_close(kept->rel, NoLock);
     CurrentResourceOwner = save;
-    pfree(row_writer);
     row_writer = nullptr;
 }
 
@@ -411,16 +481,14 @@ OutboxWriter *single_row_writer() {
     const CommandId cid = GetCurrentCommandId(false);
     if (row_writer && row_writer_cid == cid) return row_writer;
     close_row_writer();
-    MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
     ResourceOwner save = CurrentResourceOwner;
     CurrentResourceOwner = TopTransactionResourceOwner;
-    auto *w = static_cast<OutboxWriter *>(palloc(sizeof(OutboxWriter)));
-    outbox_open(w, false);
+    if (kept && !reopen_kept()) discard_kept();
+    if (!kept) build_kept();
     CurrentResourceOwner = save;
-    MemoryContextSwitchTo(old);
-    row_writer = w;
+    row_writer = kept;
     row_writer_cid = cid;
-    return w;
+    return row_writer;
 }
 
 }  // namespace bunce_pg

@@ -372,7 +372,6 @@ ExtensionCheck check_extension(char *why, size_t size) {
 void start_delivering() {
     prepare_statements();
     reset_frontier();
-    release_claims(true);
     recount_queue();
 }
 

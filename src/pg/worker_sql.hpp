@@ -31,7 +31,7 @@ void send_notifications();
 enum ExtensionCheck { EXTENSION_MISSING, EXTENSION_OTHER_VERSION, EXTENSION_REPLACED, EXTENSION_READY };
 ExtensionCheck check_extension(char *why, size_t size);
 // Once the extension is usable (after a start, or after it was created again): prepares the
-// statements, releases every claim (what a crash or a stop left behind) and counts the queue.
+// statements and counts the queue.
 void start_delivering();
 // When it is not: the next start_delivering() may be for another extension.
 void stop_delivering();
