@@ -520,3 +520,60 @@ TEST(CheckMemberValue, RefusesWhatAPayloadMayNotHold) {
         EXPECT_NE(std::string(e.what()).find("\"extra\""), std::string::npos) << e.what();
     }
 }
+
+// ---------------------------------------------------------------- one part at a time
+
+// The checks of a payload held parsed give what prepare_payload gives for the same payload.
+TEST(ParsedPayload, RecipientAsPrepared) {
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {R"("ada@example.com")", ""},
+        {R"("not an address")", ""},
+        {R"("a\"b@example.com")", ""},
+        {R"("ad\u0061@example.com")", ""},
+        {"42", ""},
+        {"null", ""},
+        {"", ""},
+        {"", R"({"customer_id": "7"})"},
+        {"", R"({"customer_id": ""})"},
+        {"", R"({"email": 5})"},
+        {R"("x")", R"({"customer_id": 7})"},
+        {"", "[1]"},
+    };
+    for (const auto &[email, customer] : cases) {
+        std::string payload = "{";
+        if (!email.empty()) payload += R"("email": )" + email;
+        if (!customer.empty()) payload += std::string(email.empty() ? "" : ", ") + R"("customer": )" + customer;
+        payload += "}";
+        SCOPED_TRACE(payload);
+        std::string prepared, parsed;
+        try {
+            prepare_payload(payload);
+        } catch (const std::exception &e) {
+            prepared = e.what();
+        }
+        try {
+            bunce::check_parsed_recipient(email, customer);
+        } catch (const std::exception &e) {
+            parsed = e.what();
+        }
+        EXPECT_EQ(parsed, prepared);
+    }
+}
+
+TEST(ParsedPayload, ValuesAsPrepared) {
+    EXPECT_EQ(bunce::normalise_string("at", "2024-05-01T10:00:00+02:00").value_or(""), "2024-05-01T08:00:00Z");
+    EXPECT_FALSE(bunce::normalise_string("at", "hello").has_value());
+    EXPECT_THROW(bunce::normalise_string("at", "9999-12-31T23:30:00-01:00"), InvalidPayload);
+    EXPECT_TRUE(bunce::is_normalised("amount", true));
+    EXPECT_FALSE(bunce::is_normalised("email", true));
+    EXPECT_TRUE(bunce::is_normalised("email", false));
+    EXPECT_FALSE(bunce::is_normalised("customer", false));
+    EXPECT_TRUE(bunce::beyond_double("1" + std::string(400, '0')));
+    EXPECT_FALSE(bunce::beyond_double("1" + std::string(300, '0')));
+    EXPECT_THROW(bunce::check_number("n", "1" + std::string(70, '0')), InvalidJson);
+    EXPECT_NO_THROW(bunce::check_number("n", "120.50"));
+    EXPECT_THROW(bunce::check_integer_customer_id("4.2"), InvalidPayload);
+    EXPECT_NO_THROW(bunce::check_integer_customer_id("-42"));
+    EXPECT_NO_THROW(bunce::check_parsed_depth(bunce::kMaxPayloadDepth));
+    EXPECT_THROW(bunce::check_parsed_depth(bunce::kMaxPayloadDepth + 1), bunce::LimitExceeded);
+}
