@@ -229,8 +229,23 @@ const char *utc_text(TimestampTz ts) {
     if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, nullptr, &tm, &fsec, nullptr, nullptr) != 0 || tm.tm_year < 1 ||
         tm.tm_year > 9999)
         return nullptr;
-    return psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                    tm.tm_sec);
+    // Written digit by digit: psprintf cost a row trigger as much as the rest of its payload.
+    char *out = static_cast<char *>(palloc(21));
+    auto put = [](char *at, int value, int digits) {
+        for (int i = digits - 1; i >= 0; i--, value /= 10) at[i] = static_cast<char>('0' + value % 10);
+    };
+    put(out, tm.tm_year, 4);
+    put(out + 5, tm.tm_mon, 2);
+    put(out + 8, tm.tm_mday, 2);
+    put(out + 11, tm.tm_hour, 2);
+    put(out + 14, tm.tm_min, 2);
+    put(out + 17, tm.tm_sec, 2);
+    out[4] = out[7] = '-';
+    out[10] = 'T';
+    out[13] = out[16] = ':';
+    out[19] = 'Z';
+    out[20] = '\0';
+    return out;
 }
 
 // The (sub)transaction in which refuse_event is writing a dead letter. (An ERROR leaves it

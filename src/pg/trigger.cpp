@@ -264,7 +264,7 @@ Jsonb *row_payload(TriggerSetup *s, TupleTableSlot *slot, RowPayload *p, CoreErr
     return JsonbValueToJsonb(pushJsonbValue(&p->state, WJB_END_OBJECT, nullptr));
 }
 
-void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, const char *context) {
+void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, TriggerData *td) {
     RowPayload p;
     CoreError err;
     Jsonb *jb = row_payload(s, slot, &p, err);
@@ -283,6 +283,8 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, const c
     if (!err.failed) payload = check_event_parameters(&s->event_id, payload, err);
     if (err.failed) {
         if (!text) text = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+        const char *context = psprintf("trigger \"%s\" on table \"%s\"", td->tg_trigger->tgname,
+                                       RelationGetRelationName(td->tg_relation));
         refuse_event(err, context, UUIDPGetDatum(&s->event_id), s->name_failed, text);
         return;
     }
@@ -304,14 +306,13 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
     TriggerSetup *s = trigger_setup(td);
     triggers_running++;
     const bool deleting = TRIGGER_FIRED_BY_DELETE(td->tg_event);
-    char *context = psprintf("trigger \"%s\" on table \"%s\"", tgname, table);
     OutboxWriter w;
 
     if (TRIGGER_FIRED_FOR_ROW(td->tg_event)) {
         HeapTuple tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
         TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
         ExecStoreHeapTuple(tuple, slot, false);
-        enqueue_row(single_row_writer(), s, slot, context);
+        enqueue_row(single_row_writer(), s, slot, td);
         ExecDropSingleTupleTableSlot(slot);
         triggers_running--;
         return PointerGetDatum(nullptr);
@@ -325,7 +326,7 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
     tuplestore_rescan(rows);
     while (tuplestore_gettupleslot(rows, true, false, slot)) {
         MemoryContext old = MemoryContextSwitchTo(per_row);
-        enqueue_row(&w, s, slot, context);
+        enqueue_row(&w, s, slot, td);
         MemoryContextSwitchTo(old);
         MemoryContextReset(per_row);
         CHECK_FOR_INTERRUPTS();
