@@ -2,7 +2,7 @@
 # the events reach Bunce in the order they were lived (each after the one before it was
 # answered with a 2xx), while one customer's first answer is slow and another's events get
 # 503s; the other customers finish meanwhile. Then the same through a kill -9 of the worker
-# mid-drain, and bunce.ordering = none.
+# mid-drain, bunce.ordering = none, and a failover mid-drain to a streaming standby.
 #
 # "The order lived": every enqueue takes the next number n of its customer from lived(k, n)
 # in the same transaction; the row lock makes the next transaction of that customer wait for
@@ -17,7 +17,7 @@ use BunceTest;
 
 my $KEYS = 12;
 my $bunce = BunceTest::Standin->start(rate_limit => 0);
-my $node  = bunce_node('ordering', $bunce, conf => <<"EOC");
+my $node  = bunce_node('ordering', $bunce, init => { allows_streaming => 1 }, conf => <<"EOC");
 restart_after_crash = on
 max_prepared_transactions = 5
 bunce.rate_limit = 0
@@ -230,5 +230,33 @@ ok(wait_sql($node, 'SELECT count(*) FROM bunce.outbox', '0'), 'none: drained');
 my $c5 = $bunce->requests_of('c5');
 cmp_ok($c5->[-1]{received_at} - $c5->[0]{received_at}, '<', 0.9,
 	'none: the later events did not wait for the slow answer to the first');
+
+# ---- failover: the promoted standby goes on in the same order ---------------------------------
+# The primary delivers, c7's first answer held for 3 s (its later events parked behind it) and
+# every answer after 40 ms; it stops at once mid-drain, and the promoted standby delivers the
+# rest: its claims, parked events and ids are the primary's, replicated.
+
+$bunce->reset;
+$node->append_conf('postgresql.conf', "bunce.ordering = customer\n");
+$node->reload;
+$node->safe_psql('postgres', 'UPDATE lived SET n = 0');
+$node->backup('failover');
+my $standby = PostgreSQL::Test::Cluster->new('ordering_standby');
+$standby->init_from_backup($node, 'failover', has_streaming => 1);
+$standby->start;
+$bunce->script([ { pass => 1, delay_ms => 3000 } ], customer => 'c7');
+$bunce->script([], every => { nth => 1, delay_ms => 40 });
+enqueue_for($_, 30) for 7 .. 9;
+$node->wait_for_catchup($standby);
+ok( wait_for('c7 in flight, c8 under way',
+		sub { @{ $bunce->requests_of('c7') } >= 1 && @{ $bunce->requests_of('c8') } >= 5 }, interval_ms => 20),
+	'failover: delivery under way on the primary, c7\'s first answer outstanding');
+$node->stop('immediate');
+$standby->promote;
+ok(wait_sql($standby, 'SELECT count(*) FROM bunce.outbox', '0', timeout => 90),
+	'failover: the promoted standby drained the outbox')
+  or show_state($standby, $bunce, 'after failover');
+check_order('failover mid-drain', { 7 => 30, 8 => 30, 9 => 30 });
+$standby->stop;
 
 done_testing();
