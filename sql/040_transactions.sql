@@ -137,6 +137,45 @@ ALTER TABLE bunce.outbox DROP COLUMN note;
 SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
 SELECT count(*) AS queued FROM bunce.outbox;
 
+-- A default that calls a function is evaluated as it is now, and refused once it turns
+-- volatile; a writer that cannot be built inside a subtransaction leaves nothing open.
+CREATE FUNCTION outbox_tag() RETURNS text LANGUAGE sql STABLE AS $$SELECT 'A'::text$$;
+ALTER TABLE bunce.outbox ADD COLUMN tag text DEFAULT outbox_tag();
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+CREATE OR REPLACE FUNCTION outbox_tag() RETURNS text LANGUAGE sql STABLE AS $$SELECT 'B'::text$$;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+SELECT tag, count(*) FROM bunce.outbox WHERE tag IS NOT NULL GROUP BY tag ORDER BY tag;
+CREATE OR REPLACE FUNCTION outbox_tag() RETURNS text LANGUAGE sql VOLATILE AS $$SELECT 'C'::text$$;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}');
+DO $$
+BEGIN
+  PERFORM bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}');
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+  RAISE NOTICE 'refused: %', SQLERRM;
+END $$;
+ALTER TABLE bunce.outbox DROP COLUMN tag;
+DROP FUNCTION outbox_tag();
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+
 DROP FUNCTION place_order(int, text);
 DROP TABLE orders;
+
+DROP EXTENSION bunce;
+
+-- Ids come from the sequence of the extension as it is: made again within one transaction
+-- (here after a rolled-back first try), the new sequence's ids are used, and a later
+-- transaction's do not collide with them.
+BEGIN;
+SAVEPOINT first_try;
+CREATE EXTENSION bunce;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+ROLLBACK TO first_try;
+CREATE EXTENSION bunce;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+COMMIT;
+BEGIN;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
+COMMIT;
+SELECT count(*) AS queued, count(DISTINCT id) AS ids FROM bunce.outbox;
 DROP EXTENSION bunce;

@@ -131,8 +131,9 @@ namespace {
 }
 
 // Finds the columns by name in the table as it is now (the lock just taken has processed
-// any pending invalidation, and holds off ALTER TABLE until this transaction ends).
-void map_outbox_columns(OutboxWriter *w) {
+// any pending invalidation, and holds off ALTER TABLE until this transaction ends). Returns
+// what does not fit, or nullptr.
+const char *map_outbox_columns(OutboxWriter *w) {
     TupleDesc desc = RelationGetDescr(w->rel);
     for (int c = 0; c < OUTBOX_NATTS; c++) w->column[c] = -1;
     w->ndefaults = 0;
@@ -145,26 +146,27 @@ void map_outbox_columns(OutboxWriter *w) {
         while (c < OUTBOX_NATTS && strcmp(NameStr(att->attname), outbox_columns[c].name) != 0) c++;
         if (c < OUTBOX_NATTS) {
             if (att->atttypid != outbox_columns[c].type)
-                outbox_mismatch(psprintf("Column \"%s\" has type %s, expected %s.", outbox_columns[c].name,
-                                         format_type_be(att->atttypid), format_type_be(outbox_columns[c].type)));
+                return psprintf("Column \"%s\" has type %s, expected %s.", outbox_columns[c].name,
+                                format_type_be(att->atttypid), format_type_be(outbox_columns[c].type));
             w->column[c] = i;
             continue;
         }
-        if (att->attgenerated) outbox_mismatch(psprintf("Column \"%s\" is generated.", NameStr(att->attname)));
+        if (att->attgenerated) return psprintf("Column \"%s\" is generated.", NameStr(att->attname));
         if (Node *def = build_column_default(w->rel, i + 1)) {
             // Evaluated inside the writer: nothing that could run SQL or change state.
             if (contain_volatile_functions(def))
-                outbox_mismatch(psprintf("Column \"%s\" has a volatile default.", NameStr(att->attname)));
+                return psprintf("Column \"%s\" has a volatile default.", NameStr(att->attname));
             w->default_index[w->ndefaults] = i;
             w->default_expr[w->ndefaults] = ExecPrepareExpr(reinterpret_cast<Expr *>(def), w->estate);
             w->ndefaults++;
         } else if (att->attnotnull) {
-            outbox_mismatch(psprintf("Column \"%s\" is NOT NULL without a default.", NameStr(att->attname)));
+            return psprintf("Column \"%s\" is NOT NULL without a default.", NameStr(att->attname));
         }
     }
     for (int c = 0; c < OUTBOX_NATTS; c++)
         if (outbox_columns[c].required && w->column[c] < 0)
-            outbox_mismatch(psprintf("Column \"%s\" is missing.", outbox_columns[c].name));
+            return psprintf("Column \"%s\" is missing.", outbox_columns[c].name);
+    return nullptr;
 }
 
 }  // namespace
@@ -178,7 +180,13 @@ void outbox_open(OutboxWriter *w, bool bulk) {
                         errhint("Reinstall the extension: DROP EXTENSION bunce; CREATE EXTENSION bunce.")));
     w->rel = table_open(relid, RowExclusiveLock);
     w->estate = CreateExecutorState();
-    map_outbox_columns(w);
+    if (const char *mismatch = map_outbox_columns(w)) {
+        // Let go first: the relation is held by a resource owner that may outlive this
+        // (sub)transaction.
+        FreeExecutorState(w->estate);
+        table_close(w->rel, RowExclusiveLock);
+        outbox_mismatch(mismatch);
+    }
     w->rri = makeNode(ResultRelInfo);
     InitResultRelInfo(w->rri, w->rel, 1, nullptr, 0);
     ExecOpenIndices(w->rri, false);
@@ -262,6 +270,7 @@ bool ordering_key(Datum payload, int64 *key) {
 
 // The block of ids this transaction takes from: [next, end), of transaction block_xid.
 FullTransactionId block_xid = InvalidFullTransactionId;
+Oid block_seq = InvalidOid;  // the sequence it came from (the extension may be made again)
 int64 block_next = 0, block_end = 0;
 
 // The writer for single rows, kept open for the rest of the command: a COPY or a multi-row
@@ -325,7 +334,13 @@ void discard_kept() {
 
 // Opens the kept writer's relations; false (nothing open) when it must be built anew.
 bool reopen_kept() {
-    if (kept_stale || get_relname_relid("outbox", bunce_namespace()) != kept_relid) return false;
+    // Defaults of columns added by hand are built anew each time: they may call functions
+    // that change (no invalidation of the outbox says so) and whose privileges the role of
+    // the moment must have.
+    if (kept_stale || kept->ndefaults > 0) return false;
+    const Oid nsp = bunce_namespace();
+    if (get_relname_relid("outbox", nsp) != kept_relid || get_relname_relid("event_id_seq", nsp) != kept->seq)
+        return false;
     Relation rel = table_open(kept_relid, RowExclusiveLock);
     if (kept_stale) {  // invalidations taken in with the lock
         table_close(rel, NoLock);
@@ -343,7 +358,7 @@ bool reopen_kept() {
 int64 next_event_id(Oid seq) {
     // The transaction id first: a transaction that holds ids is known by it (see below).
     const FullTransactionId xid = GetTopFullTransactionId();
-    const bool first_block = !FullTransactionIdEquals(block_xid, xid);
+    const bool first_block = !FullTransactionIdEquals(block_xid, xid) || block_seq != seq;
     if (first_block || block_next >= block_end) {
         HeapTuple t = SearchSysCache1(SEQRELID, ObjectIdGetDatum(seq));
         if (!HeapTupleIsValid(t)) elog(ERROR, "cache lookup failed for sequence %u", seq);
@@ -370,6 +385,7 @@ int64 next_event_id(Oid seq) {
         block_next = nextval_internal(seq, false);
         block_end = block_next + kIdBlock;
         block_xid = xid;
+        block_seq = seq;
         if (h) pg_atomic_write_u64(&h->first, static_cast<uint64>(block_next));
     }
     return block_next++;

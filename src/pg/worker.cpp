@@ -48,7 +48,6 @@ volatile sig_atomic_t finishing = false;  // in the last, short transaction befo
 TimestampTz stop_deadline = 0;            // once stopping: requests in flight have until then
 bunce::SenderPause pause;                 // paused by answers (a refused key, the rate limit)
 bool extension_ready = false;             // bunce is installed here, at a version this library works with
-bool claims_released = false;             // since extension_ready: the claims left behind are due again
 bool look_for_work = true;                // there may be due events
 TimestampTz next_retry_due = 0;           // earliest retry due, 0 when unknown or none
 char key_problem[256];                    // why bunce.api_key_file cannot be used, or empty
@@ -366,6 +365,7 @@ void lose_extension() {
     extension_ready = false;
     leave_turns();
     stop_delivering();
+    if (sender_in_flight() > 0 || sender_staged() > 0) note_claims_abandoned();
     sender_abandon_all();
     SpinLockAcquire(&my_slot->mutex);
     my_slot->in_flight = 0;
@@ -381,7 +381,6 @@ bool wait_for_extension() {
     const ExtensionCheck check = check_extension(why, sizeof why);
     extension_ready = check == EXTENSION_READY;
     if (extension_ready) start_delivering();
-    claims_released = false;
     end();
     if (extension_ready) return true;
     // Silent while the extension is just not there yet; an update or a restart to do is
@@ -487,20 +486,6 @@ Round decide_state(TimestampTz now) {
     // Under a rate limit, one event is claimed once the last one has gone (see send_staged).
     if (r.limited) r.slots = sender_staged() == 0 ? Min(r.slots, 1) : 0;
     return r;
-}
-
-// Before the first claim (after a start, or after the extension was created again): every
-// claim in the outbox was left behind by a crash or a stop, and is made due again. Not while
-// delivery is off, so that a worker that does not deliver never changes the outbox.
-void release_left_claims() {
-    begin("bunce: releasing claims left behind");
-    char why[256];
-    if (check_extension(why, sizeof why) == EXTENSION_READY) {
-        release_claims(true);
-        claims_released = true;
-    }
-    end();
-    if (!claims_released) lose_extension();
 }
 
 // One transaction: records the answers that arrived, then claims what the free slots allow.
@@ -709,7 +694,6 @@ void worker_main() {
         reload();
         if (!wait_for_extension()) continue;
         Round round = decide_state(GetCurrentTimestamp());
-        if (round.may_send && !claims_released) release_left_claims();
         exchange(round);
         round.limiter_us = send_staged(round);
         const TimestampTz now = GetCurrentTimestamp();

@@ -369,9 +369,14 @@ ExtensionCheck check_extension(char *why, size_t size) {
     return check;
 }
 
+TimestampTz claims_left_before = 0;  // 0: the worker's start
+
+void note_claims_abandoned() { claims_left_before = GetCurrentTimestamp(); }
+
 void start_delivering() {
     prepare_statements();
     reset_frontier();
+    release_claims(true);
     recount_queue();
 }
 
@@ -675,7 +680,7 @@ void release_unsent(Datum ids) {
 
 void release_claims(bool all) {
     char sql[640];
-    char older[256] = "";
+    char older[256] = "AND sending_since < $1 ";
     if (!all)  // the requests this worker has in flight may outlast a lowered request_timeout
         snprintf(older, sizeof older,
                  "AND (NOT scheduled OR (sending_since < pg_catalog.statement_timestamp() - "
@@ -686,9 +691,10 @@ void release_claims(bool all) {
              "next_attempt_at = least(next_attempt_at, pg_catalog.statement_timestamp()) "
              "WHERE sending_since IS NOT NULL %sRETURNING 1) SELECT pg_catalog.count(*) FROM r",
              older);
-    Datum held = all ? static_cast<Datum>(0) : sender_held_ids();
-    Oid types[] = {INT8ARRAYOID};
-    const int64 resent = query_int("releasing claims", sql, all ? 0 : 1, types, &held);
+    Datum arg =
+        all ? TimestampTzGetDatum(claims_left_before ? claims_left_before : MyStartTimestamp) : sender_held_ids();
+    Oid types[] = {static_cast<Oid>(all ? TIMESTAMPTZOID : INT8ARRAYOID)};
+    const int64 resent = query_int("releasing claims", sql, 1, types, &arg);
     if (resent == 0) return;
     SpinLockAcquire(&my_slot->mutex);
     my_slot->possibly_duplicated += resent;

@@ -31,8 +31,13 @@ void send_notifications();
 enum ExtensionCheck { EXTENSION_MISSING, EXTENSION_OTHER_VERSION, EXTENSION_REPLACED, EXTENSION_READY };
 ExtensionCheck check_extension(char *why, size_t size);
 // Once the extension is usable (after a start, or after it was created again): prepares the
-// statements and counts the queue.
+// statements, releases the claims left behind (see note_claims_abandoned) and counts the
+// queue.
 void start_delivering();
+// Claims made before the worker's start were left behind by a crash or a stop; so were the
+// ones this worker had when it abandoned its requests (the extension changed), made before
+// this call. Claims made since (by hand, with bunce.claim()) are not released at start.
+void note_claims_abandoned();
 // When it is not: the next start_delivering() may be for another extension.
 void stop_delivering();
 
