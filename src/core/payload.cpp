@@ -310,14 +310,7 @@ void check_recipient(const json *email, const json *customer) {
         refuse_no_recipient();
 }
 
-[[noreturn]] void refuse_depth() {
-    throw LimitExceeded("payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
-                        "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");
-}
-
-void check_depth(std::string_view text) {
-    if (json_depth(text, kMaxPayloadDepth) > kMaxPayloadDepth) refuse_depth();
-}
+void check_depth(std::string_view text) { check_parsed_depth(json_depth(text, kMaxPayloadDepth)); }
 
 }  // namespace
 
@@ -339,7 +332,10 @@ void check_parsed_recipient(std::string_view email_json, std::string_view custom
 }
 
 void check_parsed_depth(size_t depth) {
-    if (depth > kMaxPayloadDepth) refuse_depth();
+    if (depth > kMaxPayloadDepth)
+        throw LimitExceeded(
+            "payload is nested deeper than " + std::to_string(kMaxPayloadDepth) + " levels",
+            "Bunce payloads are flat objects with a \"customer\" object; send nested data as a string.");
 }
 
 void check_member_value(std::string_view key, std::string_view json_text) {

@@ -176,10 +176,10 @@ Datum validate_jsonb_payload(Jsonb *jb, const char *text, CoreError &err) {
                                  static_cast<long>(json_string_size(value.data(), value.size())));
         } else if (v.type == jbvNumeric) {
             char *number = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
-            beyond |= bunce::beyond_double(number);
             const bool is_customer_id = depth == 2 && is_object[2] && customer_id && top_key == "customer";
             if (guarded(bad,
                         [&] {
+                            beyond |= bunce::beyond_double(number);
                             bunce::check_number(top_key, number);
                             if (is_customer_id) bunce::check_integer_customer_id(number);
                         }) &&
@@ -212,11 +212,12 @@ Datum validate_jsonb_payload(Jsonb *jb, const char *text, CoreError &err) {
     ordinal = 0;
     it = JsonbIteratorInit(&jb->root);
     while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE) {
-        if ((token == WJB_VALUE || token == WJB_ELEM) && ++ordinal == replacements[next].ordinal) {
+        if ((token == WJB_VALUE || token == WJB_ELEM) && next < nreplacements &&
+            ++ordinal == replacements[next].ordinal) {
             v.type = jbvString;
             v.val.string.val = replacements[next].text;
             v.val.string.len = static_cast<int>(strlen(replacements[next].text));
-            next = Min(next + 1, nreplacements - 1);
+            next++;
         }
         result = pushJsonbValue(&state, token, token < WJB_BEGIN_ARRAY ? &v : nullptr);
     }
