@@ -43,6 +43,19 @@ SELECT * FROM try_sql($$SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca1850
 ALTER SEQUENCE bunce.event_id_seq INCREMENT BY 64;
 TRUNCATE bunce.outbox;
 
+-- The worker, when it starts, releases every claim made before it (a crashed worker's); the
+-- launcher starts it within 5 s of the database's creation: the claims below come after.
+DO $$
+BEGIN
+    FOR i IN 1..6000 LOOP
+        EXIT WHEN (SELECT started_at IS NOT NULL FROM bunce.status);
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    IF (SELECT started_at IS NULL FROM bunce.status) THEN
+        RAISE EXCEPTION 'the worker of this database did not start within 60 s';
+    END IF;
+END
+$$;
 -- The claim: the first new event of each customer is sent; later ones are parked behind it
 -- (no payload returned), new or not, until the worker gives them their turn.
 SELECT bunce_trigger(:ev, jsonb_build_object('email', e, 'n', n)) > 0 AS enqueued

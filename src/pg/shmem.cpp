@@ -42,7 +42,6 @@ void shmem_startup() {
         SpinLockInit(&shared->mutex);
         new (&shared->limiter) bunce::RateLimiter();
         pg_atomic_init_u64(&shared->catalog_generation, 0);
-        shared->made_at = GetCurrentTimestamp();
         for (WorkerSlot &w : shared->workers) {
             SpinLockInit(&w.mutex);
             pg_atomic_init_u32(&w.database_id, InvalidOid);

@@ -45,7 +45,6 @@ struct WorkerSlot {
     char paused_reason[128];
     TimestampTz paused_until;
     TimestampTz started_at;
-    TimestampTz last_exit;  // when this database's last worker exited (0: none since the slot was given)
     // queue size = queued_base + (committed - committed_at_base)
     int64 queued_base;
     uint64 committed_at_base;
@@ -85,7 +84,6 @@ struct Shared {
     Latch *launcher_latch;
     bunce::RateLimiter limiter;           // bunce.rate_limit, for the whole cluster (Bunce limits per IP)
     pg_atomic_uint64 catalog_generation;  // raised after each catalog sync, in any database
-    TimestampTz made_at;                  // this shared memory's: the server's start, or its restart after a crash
     WorkerSlot workers[kMaxDatabases];
 };
 extern Shared *shared;

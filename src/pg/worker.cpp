@@ -211,7 +211,6 @@ void worker_exit(int, Datum) {
     my_slot->pid = 0;
     my_slot->state = WORKER_STOPPED;
     my_slot->in_flight = 0;
-    my_slot->last_exit = GetCurrentTimestamp();
     SpinLockRelease(&my_slot->mutex);
 }
 

@@ -22,7 +22,6 @@ extern "C" {
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "pgstat.h"
-#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "catalog/namespace.h"
 #include "utils/builtins.h"
@@ -331,78 +330,46 @@ int compare_versions(const char *a, const char *b) {
 
 }  // namespace
 
-// The oid of extension bunce here (InvalidOid: none) and its version, through pg_extension's
-// name index.
-Oid find_extension(const char **version) {
+// Reads pg_extension through its name index: cheap enough for every claim.
+ExtensionCheck check_extension(char *why, size_t size) {
     Relation rel = table_open(ExtensionRelationId, AccessShareLock);
     ScanKeyData key;
     ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ, CStringGetDatum("bunce"));
     SysScanDesc scan = systable_beginscan(rel, ExtensionNameIndexId, true, nullptr, 1, &key);
     HeapTuple tuple = systable_getnext(scan);
-    Oid oid = InvalidOid;
-    if (HeapTupleIsValid(tuple)) {
-        oid = reinterpret_cast<Form_pg_extension>(GETSTRUCT(tuple))->oid;
+    ExtensionCheck check = EXTENSION_READY;
+    if (!HeapTupleIsValid(tuple)) {
+        strlcpy(why, "extension bunce is not installed in this database", size);
+        check = EXTENSION_MISSING;
+    } else {
+        const Oid oid = reinterpret_cast<Form_pg_extension>(GETSTRUCT(tuple))->oid;
         bool isnull;
         const Datum d = heap_getattr(tuple, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
-        *version = isnull ? "" : TextDatumGetCString(d);
+        const char *version = isnull ? "" : TextDatumGetCString(d);
+        if (compare_versions(version, kOldestSchema) < 0) {
+            snprintf(why, size,
+                     "extension bunce is at version %s here, the library needs %s or later: run ALTER EXTENSION "
+                     "bunce UPDATE",
+                     version, kOldestSchema);
+            check = EXTENSION_OTHER_VERSION;
+        } else if (compare_versions(version, BUNCE_VERSION) > 0) {
+            snprintf(why, size,
+                     "extension bunce is at version %s here, the library loaded is %s: restart the server to load "
+                     "the library of version %s",
+                     version, BUNCE_VERSION, version);
+            check = EXTENSION_OTHER_VERSION;
+        } else if (OidIsValid(delivering_extension) && oid != delivering_extension) {
+            strlcpy(why, "extension bunce was dropped and created again", size);
+            check = EXTENSION_REPLACED;
+        }
+        if (check == EXTENSION_READY) delivering_extension = oid;
     }
     systable_endscan(scan);
     table_close(rel, AccessShareLock);
-    return oid;
-}
-
-// Cheap enough for every claim. The extension is locked until the transaction ends, as
-// DROP EXTENSION locks it: a drop waits for the worker's short transaction instead of
-// removing the tables under its statements, and one that committed while the lock was
-// awaited is seen in the second look.
-ExtensionCheck check_extension(char *why, size_t size) {
-    const char *version = "";
-    Oid oid = find_extension(&version);
-    while (OidIsValid(oid)) {
-        LockDatabaseObject(ExtensionRelationId, oid, 0, AccessShareLock);
-        InvalidateCatalogSnapshot();
-        const Oid now = find_extension(&version);
-        if (now == oid) break;
-        UnlockDatabaseObject(ExtensionRelationId, oid, 0, AccessShareLock);
-        oid = now;  // dropped (and maybe created again) meanwhile
-    }
-    if (!OidIsValid(oid)) {
-        strlcpy(why, "extension bunce is not installed in this database", size);
-        return EXTENSION_MISSING;
-    }
-    ExtensionCheck check = EXTENSION_READY;
-    if (compare_versions(version, kOldestSchema) < 0) {
-        snprintf(why, size,
-                 "extension bunce is at version %s here, the library needs %s or later: run ALTER EXTENSION "
-                 "bunce UPDATE",
-                 version, kOldestSchema);
-        check = EXTENSION_OTHER_VERSION;
-    } else if (compare_versions(version, BUNCE_VERSION) > 0) {
-        snprintf(why, size,
-                 "extension bunce is at version %s here, the library loaded is %s: restart the server to load "
-                 "the library of version %s",
-                 version, BUNCE_VERSION, version);
-        check = EXTENSION_OTHER_VERSION;
-    } else if (OidIsValid(delivering_extension) && oid != delivering_extension) {
-        strlcpy(why, "extension bunce was dropped and created again", size);
-        check = EXTENSION_REPLACED;
-    }
-    if (check == EXTENSION_READY) delivering_extension = oid;
     return check;
 }
 
-TimestampTz claims_left_before = 0;  // 0: see left_by_workers()
-
-// Claims made before this moment were left by a worker of this database that is gone: the
-// last one's exit, or, when none ran since the slot was given or the server (re)started,
-// that start. A claim made later, while no worker ran, was made by hand (bunce.claim()):
-// release_claims(false) releases it once no request can hold it any more.
-TimestampTz left_by_workers() {
-    SpinLockAcquire(&my_slot->mutex);
-    const TimestampTz exit = my_slot->last_exit;
-    SpinLockRelease(&my_slot->mutex);
-    return exit ? exit : shared->made_at;
-}
+TimestampTz claims_left_before = 0;  // 0: the worker's start
 
 void note_claims_abandoned() { claims_left_before = GetCurrentTimestamp(); }
 
@@ -725,7 +692,7 @@ void release_claims(bool all) {
              "WHERE sending_since IS NOT NULL %sRETURNING 1) SELECT pg_catalog.count(*) FROM r",
              older);
     Datum arg =
-        all ? TimestampTzGetDatum(claims_left_before ? claims_left_before : left_by_workers()) : sender_held_ids();
+        all ? TimestampTzGetDatum(claims_left_before ? claims_left_before : MyStartTimestamp) : sender_held_ids();
     Oid types[] = {static_cast<Oid>(all ? TIMESTAMPTZOID : INT8ARRAYOID)};
     const int64 resent = query_int("releasing claims", sql, 1, types, &arg);
     if (resent == 0) return;
@@ -788,11 +755,6 @@ void prune_deliveries(TimestampTz now) {
     if (now - last_prune < 60 * USECS_PER_SEC) return;
     last_prune = now;
     begin("bunce: pruning bunce.deliveries");
-    char why[256];
-    if (check_extension(why, sizeof why) != EXTENSION_READY) {  // dropped a moment ago: housekeeping sees it
-        end();
-        return;
-    }
     // With retention 0 (the log is off) whatever is left goes, oldest first or not.
     const char *sql =
         delivery_log_retention_s == 0

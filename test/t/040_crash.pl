@@ -139,39 +139,6 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM bunce.deliveries'), 2 * $N
 	'bunce.deliveries: one row per event over both runs');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM bunce.dead_letters'), '0', 'immediate: no dead letters');
 
-# ---- a claim made while no worker ran was not a worker's -----------------------------------
-# At start the worker releases the claims its database's workers left (above: a crash, an
-# immediate shutdown). A claim made by someone else before it started is not one of them: a
-# database listed before it exists gets its worker within 5 s of its creation, and a claim
-# by hand (bunce.claim()) made in between stays until no request can hold it any more
-# (request_timeout + 30 s). Tried in up to three such databases, since the launcher's round
-# may come first.
-my @late = map { "late$_" } 1 .. 3;
-$node->append_conf('postgresql.conf', "bunce.database = 'postgres, " . join(', ', @late) . "'\n");
-$node->reload;
-my $judged = 0;
-for my $db (@late)
-{
-	$log_off = log_offset($node);
-	$node->safe_psql('postgres', "CREATE DATABASE $db");
-	my $claimed_at = $node->safe_psql($db, qq{
-		CREATE EXTENSION bunce;
-		SELECT bunce_trigger('$EVENT_ID', '{"email": "late\@example.com"}') > 0;
-		SELECT count(*) FROM bunce.claim(1) WHERE id IS NOT NULL;
-		SELECT sending_since FROM bunce.outbox});
-	$claimed_at = (split /\n/, $claimed_at)[-1];
-	ok(wait_sql($node, 'SELECT state FROM bunce.status', 'running', db => $db),
-		"$db: its worker started and delivers");
-	next unless $node->safe_psql($db, "SELECT started_at > '$claimed_at' FROM bunce.status") eq 't';
-	$judged = 1;
-	is( $node->safe_psql($db, 'SELECT sending_since IS NOT NULL, possible_duplicate, attempts FROM bunce.outbox'),
-		't|f|1', "$db: the claim made by hand before the worker started is still held, not marked");
-	is(log_count($node, qr/were in flight when delivery stopped/, $log_off), 0,
-		"$db: the worker released nothing at start");
-	last;
-}
-ok($judged, 'a claim was made before a worker started, in one of the three databases');
-
 $node->stop;
 $bunce->stop;
 done_testing();
