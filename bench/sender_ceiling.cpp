@@ -45,12 +45,14 @@ int main(int argc, char **argv) {
     sender.configure(options);
     long submitted = 0, answered = 0, not_ok = 0;
     auto submit = [&] {
-        // The size and shape of the drain bench's events (bench/run fills the backlog so).
+        // The body the worker sends for an event of bench/run's backlog (enqueue_backlog), the
+        // payload as jsonb writes it out.
         char body[256];
         std::snprintf(body, sizeof body,
-                      "{\"event_id\":\"9bb6215c-e2b1-4e51-abff-3a96ca185088\",\"payload\":{\"email\":"
-                      "\"u%ld@example.com\",\"n\":%ld,\"amount\":12.5,\"plan\":\"pro\"}}",
-                      submitted, submitted);
+                      "{\"event_id\":\"9bb6215c-e2b1-4e51-abff-3a96ca185088\",\"payload\":{\"email\": "
+                      "\"customer%ld@example.com\", \"amount\": %ld, \"date_purchased\": "
+                      "\"2026-12-02T06:00:00Z\"}}",
+                      submitted + 1, submitted + 1);
         char key[40];
         std::snprintf(key, sizeof key, "00000000-0000-4000-8000-%012ld", submitted);
         sender.submit(bunce::HttpRequest{submitted, body, key});
