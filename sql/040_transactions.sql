@@ -157,6 +157,95 @@ ALTER TABLE bunce.outbox DROP COLUMN tag;
 DROP FUNCTION outbox_tag();
 SELECT bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "ada@example.com"}') > 0 AS enqueued;
 
+-- A statement's row-trigger events are written together when it ends (a batch): the next
+-- statement sees all of them, in the order of their ids, past the size of one batch.
+CREATE TABLE parents (id int, email text);
+CREATE TABLE children (id int, email text);
+CREATE TRIGGER a_parent_placed AFTER INSERT ON parents FOR EACH ROW
+    EXECUTE FUNCTION bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "email", "parent": "id"}');
+CREATE TRIGGER child_placed AFTER INSERT ON children FOR EACH ROW
+    EXECUTE FUNCTION bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "email", "child": "id"}');
+TRUNCATE bunce.outbox;
+BEGIN;
+INSERT INTO parents SELECT i, 'ada@example.com' FROM generate_series(1, 2500) i;
+SELECT count(*) AS seen, count(DISTINCT id) AS ids,
+       bool_and(next_parent IS NULL OR next_parent > parent) AS ids_follow_rows
+FROM (SELECT id, (payload ->> 'parent')::int AS parent,
+             lead((payload ->> 'parent')::int) OVER (ORDER BY id) AS next_parent
+      FROM bunce.outbox) s;
+COPY parents FROM STDIN (FORMAT csv);
+2501,grace@example.org
+2502,grace@example.org
+\.
+SELECT count(*) AS after_copy FROM bunce.outbox WHERE payload ->> 'email' = 'grace@example.org';
+COMMIT;
+-- A trigger that writes to another table with a bunce trigger, inside an exception block,
+-- between the parent's events: the block's events go with the block, the parents' stay.
+CREATE FUNCTION add_children() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    child_event bigint;
+BEGIN
+    BEGIN
+        INSERT INTO children VALUES (NEW.id * 10, NEW.email), (NEW.id * 10 + 1, NEW.email);
+        -- bunce_trigger() writes at once: its row is there for the next statement
+        child_event := bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088',
+                                     jsonb_build_object('email', NEW.email, 'child', NEW.id * 10 + 2));
+        IF NOT EXISTS (SELECT FROM bunce.outbox WHERE id = child_event) THEN
+            RAISE EXCEPTION 'event % not visible', child_event;
+        END IF;
+        IF NEW.id % 2 = 0 THEN
+            RAISE EXCEPTION 'no children for %', NEW.id;
+        END IF;
+    EXCEPTION WHEN raise_exception THEN
+        IF SQLERRM LIKE 'no children%' THEN
+            RETURN NULL;
+        END IF;
+        RAISE;
+    END;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER b_add_children AFTER INSERT ON parents FOR EACH ROW EXECUTE FUNCTION add_children();
+TRUNCATE bunce.outbox;
+INSERT INTO parents SELECT i, 'ada@example.com' FROM generate_series(1, 4) i;
+SELECT coalesce(payload ->> 'parent', '-') AS parent, coalesce(payload ->> 'child', '-') AS child
+FROM bunce.outbox ORDER BY id;
+-- The same with the children's trigger first: the events of the block were its own.
+DROP TRIGGER b_add_children ON parents;
+CREATE TRIGGER _add_children AFTER INSERT ON parents FOR EACH ROW EXECUTE FUNCTION add_children();
+TRUNCATE bunce.outbox;
+INSERT INTO parents SELECT i, 'ada@example.com' FROM generate_series(5, 8) i;
+SELECT coalesce(payload ->> 'parent', '-') AS parent, coalesce(payload ->> 'child', '-') AS child
+FROM bunce.outbox ORDER BY id;
+-- A statement that fails after some of its events were made leaves none; the next one works.
+DROP TRIGGER _add_children ON parents;
+TRUNCATE bunce.outbox;
+BEGIN;
+SAVEPOINT s;
+INSERT INTO parents SELECT i, CASE WHEN i < 40 THEN 'ada@example.com' ELSE 'not an email' END
+FROM generate_series(1, 40) i;
+ROLLBACK TO SAVEPOINT s;
+INSERT INTO children SELECT i, 'ada@example.com' FROM generate_series(1, 3) i;
+COMMIT;
+SELECT count(*) FILTER (WHERE payload ? 'parent') AS parents, count(*) FILTER (WHERE payload ? 'child') AS children
+FROM bunce.outbox;
+-- A deferred constraint trigger fires at commit (or at SET CONSTRAINTS): its events are there.
+CREATE CONSTRAINT TRIGGER c_parent_deferred AFTER INSERT ON parents DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    EXECUTE FUNCTION bunce_trigger('9bb6215c-e2b1-4e51-abff-3a96ca185088', '{"email": "email", "deferred": "id"}');
+TRUNCATE bunce.outbox;
+BEGIN;
+INSERT INTO parents SELECT i, 'ada@example.com' FROM generate_series(1, 3) i;
+SELECT count(*) FILTER (WHERE payload ? 'deferred') AS deferred_before_commit FROM bunce.outbox;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT count(*) FILTER (WHERE payload ? 'deferred') AS deferred_after_set_constraints FROM bunce.outbox;
+SET CONSTRAINTS ALL DEFERRED;
+INSERT INTO parents SELECT i, 'ada@example.com' FROM generate_series(4, 5) i;
+COMMIT;
+SELECT count(*) FILTER (WHERE payload ? 'deferred') AS deferred, count(*) FILTER (WHERE payload ? 'parent') AS parents
+FROM bunce.outbox;
+DROP TABLE parents, children;
+DROP FUNCTION add_children();
+
 DROP FUNCTION place_order(int, text);
 DROP TABLE orders;
 

@@ -1,8 +1,9 @@
 // Waking the worker at commit. Each transaction counts what it enqueued (undoing what an
 // aborted subtransaction enqueued); at commit the count goes to shared memory and the
-// worker's latch is set, so delivery starts at once instead of at the next poll. The utility
-// hook lets go of the outbox's row writer before other commands and checks bunce triggers
-// when they are created or their table is altered.
+// worker's latch is set, so delivery starts at once instead of at the next poll. The
+// executor and utility hooks write the rows the outbox's row writer batched when the statement
+// that made them ends (and let go of it before other commands); the utility hook also checks
+// bunce triggers when they are created or their table is altered.
 #include "commit_wake.hpp"
 #include "outbox.hpp"
 #include "shmem.hpp"
@@ -12,6 +13,7 @@ extern "C" {
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "executor/executor.h"
 #include "tcop/utility.h"
 #include "utils/memutils.h"
 
@@ -63,7 +65,9 @@ void xact_callback(XactEvent event, void *) {
     }
 }
 
-void subxact_callback(SubXactEvent event, SubTransactionId, SubTransactionId, void *) {
+void subxact_callback(SubXactEvent event, SubTransactionId subxid, SubTransactionId parent, void *) {
+    if (event == SUBXACT_EVENT_COMMIT_SUB || event == SUBXACT_EVENT_ABORT_SUB)
+        end_row_writer_subxact(subxid, parent, event == SUBXACT_EVENT_COMMIT_SUB);
     if (event == SUBXACT_EVENT_START_SUB) {
         if (sub_depth == sub_capacity) {
             sub_capacity = sub_capacity ? sub_capacity * 2 : 16;
@@ -79,10 +83,24 @@ void subxact_callback(SubXactEvent event, SubTransactionId, SubTransactionId, vo
     }
 }
 
+ExecutorFinish_hook_type prev_executor_finish = nullptr;
+
+// A statement's AFTER triggers fire in its ExecutorFinish: the rows they leave waiting in the
+// row writer are written at its end, so that the next statement sees them.
+void executor_finish(QueryDesc *query) {
+    row_batch_depth++;
+    PG_TRY();
+    { (prev_executor_finish ? prev_executor_finish : standard_ExecutorFinish)(query); }
+    PG_FINALLY();
+    { row_batch_depth--; }
+    PG_END_TRY();
+    flush_row_writer();
+}
+
 ProcessUtility_hook_type prev_process_utility = nullptr;
 
-// Before any utility command (TRUNCATE, DROP, ALTER, another COPY): let go of the row writer
-// (it would otherwise make a TRUNCATE or DROP of the outbox later in the same transaction
+// Before any utility command (TRUNCATE, DROP, ALTER, another COPY): write the row writer's
+// waiting rows and let go of it (it would otherwise make a TRUNCATE or DROP of the outbox later in the same transaction
 // fail as "being used by active queries in this session").
 // A bunce trigger is checked when it is created, not when the business write first fires it;
 // an ALTER TABLE that breaks a trigger's mapping says so.
@@ -91,8 +109,17 @@ void process_utility(PlannedStmt *pstmt, const char *query, bool read_only, Proc
     if (IsTransactionState()) close_row_writer();
     Node *stmt = pstmt->utilityStmt;
     if (IsA(stmt, CreateTrigStmt)) check_create_trigger(castNode(CreateTrigStmt, stmt));
-    (prev_process_utility ? prev_process_utility : standard_ProcessUtility)(pstmt, query, read_only, context, params,
-                                                                            env, dest, qc);
+    // COPY's AFTER triggers fire inside it: their waiting rows are written when it ends.
+    row_batch_depth++;
+    PG_TRY();
+    {
+        (prev_process_utility ? prev_process_utility : standard_ProcessUtility)(pstmt, query, read_only, context,
+                                                                                params, env, dest, qc);
+    }
+    PG_FINALLY();
+    { row_batch_depth--; }
+    PG_END_TRY();
+    if (IsTransactionState()) flush_row_writer();
     if (IsA(stmt, RenameStmt) || IsA(stmt, AlterTableStmt)) warn_broken_mappings(stmt);
 }
 
@@ -101,6 +128,8 @@ void process_utility(PlannedStmt *pstmt, const char *query, bool read_only, Proc
 void register_commit_hooks() {
     RegisterXactCallback(xact_callback, nullptr);
     RegisterSubXactCallback(subxact_callback, nullptr);
+    prev_executor_finish = ExecutorFinish_hook;
+    ExecutorFinish_hook = executor_finish;
     prev_process_utility = ProcessUtility_hook;
     ProcessUtility_hook = process_utility;
 }

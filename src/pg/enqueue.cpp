@@ -357,7 +357,7 @@ Datum enqueue_event(FunctionCallInfo fcinfo) {
     if (!err.failed) payload = check_event_parameters(DatumGetUUIDP(event_id), payload, err);
     if (err.failed) PG_RETURN_INT64(refuse_event(err, nullptr, event_id, false, text));
 
-    PG_RETURN_INT64(outbox_insert(single_row_writer(), event_id, payload));
+    PG_RETURN_INT64(outbox_insert(single_row_writer(), event_id, payload, false));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "shmem.hpp"
 
 extern "C" {
+#include "access/detoast.h"
 #include "access/genam.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -72,6 +73,7 @@ const OutboxColumnDef outbox_columns[OUTBOX_NATTS] = {
     {"scheduled", BOOLOID, false},
 };
 constexpr int OUTBOX_BATCH = 1000;
+constexpr size_t OUTBOX_BATCH_BYTES = 512 * 1024;  // large payloads: far fewer rows
 
 }  // namespace
 
@@ -193,26 +195,49 @@ void outbox_open(OutboxWriter *w, bool bulk) {
     // A copy of the descriptor: the relcache's would be pinned by the transaction.
     w->slot = MakeSingleTupleTableSlot(CreateTupleDescCopy(RelationGetDescr(w->rel)), &TTSOpsVirtual);
     w->bistate = bulk ? GetBulkInsertState() : nullptr;
-    w->batch = nullptr;
+    // slots made as needed: most statements change a few rows
+    w->batch = static_cast<TupleTableSlot **>(palloc0(sizeof(TupleTableSlot *) * OUTBOX_BATCH));
     w->nbatch = 0;
+    w->batch_bytes = 0;
+    w->batch_subxid = InvalidSubTransactionId;
     w->cxt = CurrentMemoryContext;
-    if (bulk) {
-        // slots made as needed: most statements change a few rows
-        w->batch = static_cast<TupleTableSlot **>(palloc0(sizeof(TupleTableSlot *) * OUTBOX_BATCH));
-    }
 }
+
+int row_batch_depth = 0;
 
 namespace {
 
 void outbox_flush(OutboxWriter *w) {
-    if (w->nbatch == 0) return;
-    table_multi_insert(w->rel, w->batch, w->nbatch, GetCurrentCommandId(true), 0, w->bistate);
-    for (int i = 0; i < w->nbatch; i++) {
+    const int n = w->nbatch;
+    if (n == 0) return;
+    // Empty before anything runs: an index expression's function that starts a statement
+    // (and a flush, see flush_row_writer) finds nothing to write.
+    w->nbatch = 0;
+    w->batch_bytes = 0;
+    MemoryContext old = MemoryContextSwitchTo(GetPerTupleMemoryContext(w->estate));
+    const CommandId cid = GetCurrentCommandId(true);
+    if (n == 1)  // a transaction's one event: no multi-insert record for it
+        table_tuple_insert(w->rel, w->batch[0], cid, 0, w->bistate);
+    else
+        table_multi_insert(w->rel, w->batch, n, cid, 0, w->bistate);
+    for (int i = 0; i < n; i++) {
         ExecInsertIndexTuples(w->rri, w->batch[i], w->estate, false, false, nullptr, NIL);
         ExecClearTuple(w->batch[i]);
     }
+    MemoryContextSwitchTo(old);
     ResetPerTupleExprContext(w->estate);
+}
+
+void drop_batch(OutboxWriter *w) {
+    for (int i = 0; i < w->nbatch; i++) ExecClearTuple(w->batch[i]);
     w->nbatch = 0;
+    w->batch_bytes = 0;
+}
+
+// Rows of an enclosing subtransaction wait in the writer: they cannot be written from here
+// (they would be this subtransaction's), nor the writer closed.
+bool holds_enclosing_rows(const OutboxWriter *w) {
+    return w->nbatch > 0 && w->batch_subxid != GetCurrentSubTransactionId();
 }
 
 // An idempotency key: a version 4 UUID from a generator of this backend, seeded once from
@@ -279,6 +304,16 @@ int64 block_next = 0, block_end = 0;
 // portal's may end first). It is closed before commit, and opened again when the command
 // counter moves on, so that it never misses a change to the table made by an earlier command
 // of the transaction. After an ERROR the transaction abort releases its relations.
+//
+// A row trigger's rows wait in its batch and go to the table in one table_multi_insert (a WAL
+// record and a buffer lock per page instead of per row) when the statement that fired it ends
+// (row_batch_depth), before a utility command, before commit, or when the batch is full: the
+// next statement sees them. (Another trigger of the same statement that reads bunce.outbox may
+// not.) They are written in the subtransaction that made them: rows of a subtransaction that
+// commits go to its parent, those of one that aborts are dropped, and while an enclosing
+// subtransaction's rows wait, rows are written at once and the writer stays open as it is.
+// Their ids are taken when they are made, so the order of events is the same. Rows of
+// bunce_trigger() are written at once: a PL/pgSQL assignment runs no statement that would end.
 OutboxWriter *row_writer = nullptr;
 CommandId row_writer_cid = InvalidCommandId;
 
@@ -418,15 +453,22 @@ void release_ids(bool prepared) {
     pg_atomic_write_u64(&h->first, 0);
 }
 
-int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
+int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload, bool may_wait) {
     TupleTableSlot *slot = w->slot;
-    if (w->batch) {
+    // Not with defaults of columns added by hand in the single-row writer: their functions
+    // could run a statement, and so a flush, in the middle of this.
+    const bool batched =
+        may_wait && (w->bistate || (row_batch_depth > 0 && w->ndefaults == 0 && !holds_enclosing_rows(w)));
+    if (batched) {
         if (!w->batch[w->nbatch]) {
             MemoryContext old = MemoryContextSwitchTo(w->cxt);
-            w->batch[w->nbatch] = table_slot_create(w->rel, nullptr);
+            w->batch[w->nbatch] = MakeSingleTupleTableSlot(w->slot->tts_tupleDescriptor, &TTSOpsHeapTuple);
             MemoryContextSwitchTo(old);
         }
         slot = w->batch[w->nbatch];
+        // The row is written later: not with a pointer to a value stored elsewhere.
+        if (VARATT_IS_EXTERNAL(DatumGetPointer(payload)))
+            payload = PointerGetDatum(detoast_external_attr(reinterpret_cast<varlena *>(DatumGetPointer(payload))));
     }
     ExecClearTuple(slot);
     // A schema before ordering (1.3, not yet updated) has a cached sequence: ids one at a time.
@@ -455,9 +497,11 @@ int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
     if (w->column[COL_ORDERING_KEY] >= 0 && ordering_key(payload, &key)) set(COL_ORDERING_KEY, Int64GetDatum(key));
     if (w->column[COL_SCHEDULED] >= 0) set(COL_SCHEDULED, BoolGetDatum(false));
     ExecStoreVirtualTuple(slot);
-    if (w->batch) {
+    if (batched) {
         ExecMaterializeSlot(slot);  // its values live in the caller's per-row memory
-        if (++w->nbatch == OUTBOX_BATCH) outbox_flush(w);
+        if (w->nbatch++ == 0) w->batch_subxid = GetCurrentSubTransactionId();
+        w->batch_bytes += VARSIZE_ANY(DatumGetPointer(payload));
+        if (w->nbatch == OUTBOX_BATCH || w->batch_bytes >= OUTBOX_BATCH_BYTES) outbox_flush(w);
     } else {
         table_tuple_insert(w->rel, slot, GetCurrentCommandId(true), 0, nullptr);
         ExecInsertIndexTuples(w->rri, slot, w->estate, false, false, nullptr, NIL);
@@ -468,10 +512,8 @@ int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload) {
 }
 
 void outbox_close(OutboxWriter *w) {
-    if (w->batch) {
-        outbox_flush(w);
-        for (int i = 0; i < OUTBOX_BATCH && w->batch[i]; i++) ExecDropSingleTupleTableSlot(w->batch[i]);
-    }
+    outbox_flush(w);
+    for (int i = 0; i < OUTBOX_BATCH && w->batch[i]; i++) ExecDropSingleTupleTableSlot(w->batch[i]);
     if (w->bistate) FreeBulkInsertState(w->bistate);
     ExecDropSingleTupleTableSlot(w->slot);
     ExecCloseIndices(w->rri);
@@ -479,8 +521,14 @@ void outbox_close(OutboxWriter *w) {
     table_close(w->rel, NoLock);
 }
 
+void flush_row_writer() {
+    // (Nothing can be written in parallel mode: the rows wait for the next chance.)
+    if (row_writer && !holds_enclosing_rows(row_writer) && !IsInParallelMode()) outbox_flush(row_writer);
+}
+
 void close_row_writer() {
-    if (!row_writer) return;
+    if (!row_writer || holds_enclosing_rows(row_writer)) return;
+    outbox_flush(row_writer);
     ResourceOwner save = CurrentResourceOwner;
     CurrentResourceOwner = TopTransactionResourceOwner;
     // As ExecCloseIndices: the index locks go, the table's lock is kept to the end.
@@ -491,11 +539,23 @@ void close_row_writer() {
     row_writer = nullptr;
 }
 
-void forget_row_writer() { row_writer = nullptr; }
+void end_row_writer_subxact(SubTransactionId subxid, SubTransactionId parent, bool committed) {
+    if (!row_writer || row_writer->nbatch == 0 || row_writer->batch_subxid != subxid) return;
+    if (committed)
+        row_writer->batch_subxid = parent;
+    else
+        drop_batch(row_writer);
+}
+
+void forget_row_writer() {
+    if (row_writer) drop_batch(row_writer);
+    row_writer = nullptr;
+}
 
 OutboxWriter *single_row_writer() {
     const CommandId cid = GetCurrentCommandId(false);
-    if (row_writer && row_writer_cid == cid) return row_writer;
+    // An enclosing subtransaction's rows keep it open (and the relations locked) as it is.
+    if (row_writer && (row_writer_cid == cid || holds_enclosing_rows(row_writer))) return row_writer;
     close_row_writer();
     ResourceOwner save = CurrentResourceOwner;
     CurrentResourceOwner = TopTransactionResourceOwner;

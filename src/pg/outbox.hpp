@@ -41,10 +41,14 @@ struct OutboxWriter {
     EState *estate;
     ResultRelInfo *rri;
     TupleTableSlot *slot;
-    BulkInsertState bistate;  // bulk (statement-level) writes only, and then:
-    TupleTableSlot **batch;   // rows waiting for one table_multi_insert, as COPY does
+    BulkInsertState bistate;  // bulk (statement-level) writes only
+    // Rows waiting for one table_multi_insert, as COPY does (bulk writers, and the single-row
+    // writer: see outbox.cpp). At most OUTBOX_BATCH rows or about OUTBOX_BATCH_BYTES.
+    TupleTableSlot **batch;
     int nbatch;
-    MemoryContext cxt;  // the batch's slots live here, not in the caller's per-row memory
+    size_t batch_bytes;
+    SubTransactionId batch_subxid;  // the subtransaction that wrote them
+    MemoryContext cxt;              // the batch's slots live here, not in the caller's per-row memory
 };
 
 // The bunce schema; an ERROR when the extension is not installed here.
@@ -70,15 +74,25 @@ void release_ids(bool prepared);
 
 // A writer of its own, for one statement's rows (bulk: batched as COPY does).
 void outbox_open(OutboxWriter *w, bool bulk);
-// Writes one event; returns its id. Counts it for the wake-up at commit.
-int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload);
+// Writes one event; returns its id. Counts it for the wake-up at commit. `may_wait`: the row
+// may wait in the writer's batch (a bulk writer's; the single-row writer's for a row trigger).
+int64 outbox_insert(OutboxWriter *w, Datum event_id, Datum payload, bool may_wait);
 void outbox_close(OutboxWriter *w);
 
 // The writer for single rows, shared by the calls of one command (see outbox.cpp).
 OutboxWriter *single_row_writer();
-// Before commit and before utility commands.
+// Statements being run whose end writes the single-row writer's batch (flush_row_writer):
+// ExecutorFinish, where a statement's AFTER triggers fire, and utility commands (COPY). Rows
+// wait in the batch only inside one.
+extern int row_batch_depth;
+// Writes the rows waiting in the single-row writer, at the end of such a statement.
+void flush_row_writer();
+// Writes them and lets go of the writer: before commit and before utility commands.
 void close_row_writer();
-// After an abort, which has released its relations already.
+// At the end of subtransaction `subxid`: its waiting rows go to `parent` (committed) or are
+// dropped (aborted).
+void end_row_writer_subxact(SubTransactionId subxid, SubTransactionId parent, bool committed);
+// After an abort, which has released its relations already; its rows are dropped.
 void forget_row_writer();
 
 }  // namespace bunce_pg

@@ -288,7 +288,7 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, Trigger
         refuse_event(err, context, UUIDPGetDatum(&s->event_id), s->name_failed, text);
         return;
     }
-    outbox_insert(w, UUIDPGetDatum(&s->event_id), payload);
+    outbox_insert(w, UUIDPGetDatum(&s->event_id), payload, true);
 }
 
 // The trigger function behind bunce_trigger(): one row, or a transition table's rows.
