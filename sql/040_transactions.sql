@@ -217,6 +217,19 @@ TRUNCATE bunce.outbox;
 INSERT INTO parents SELECT i, 'ada@example.com' FROM generate_series(5, 8) i;
 SELECT coalesce(payload ->> 'parent', '-') AS parent, coalesce(payload ->> 'child', '-') AS child
 FROM bunce.outbox ORDER BY id;
+-- Another AFTER trigger of the table sees the events of the rows before it, as they are
+-- written at once there.
+CREATE FUNCTION count_events() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE '% sees % events', TG_NAME, (SELECT count(*) FROM bunce.outbox WHERE payload ? 'parent');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER z_count_events AFTER INSERT ON parents FOR EACH STATEMENT EXECUTE FUNCTION count_events();
+TRUNCATE bunce.outbox;
+INSERT INTO parents SELECT i, 'ada@example.com' FROM generate_series(1, 1500) i;
+DROP TRIGGER z_count_events ON parents;
+DROP FUNCTION count_events();
 -- A statement that fails after some of its events were made leaves none; the next one works.
 DROP TRIGGER _add_children ON parents;
 TRUNCATE bunce.outbox;

@@ -229,7 +229,8 @@ void outbox_flush(OutboxWriter *w) {
 }
 
 void drop_batch(OutboxWriter *w) {
-    for (int i = 0; i < w->nbatch; i++) ExecClearTuple(w->batch[i]);
+    // every slot made: a flush that failed had emptied the batch first
+    for (int i = 0; i < OUTBOX_BATCH && w->batch[i]; i++) ExecClearTuple(w->batch[i]);
     w->nbatch = 0;
     w->batch_bytes = 0;
 }
@@ -308,8 +309,8 @@ int64 block_next = 0, block_end = 0;
 // A row trigger's rows wait in its batch and go to the table in one table_multi_insert (a WAL
 // record and a buffer lock per page instead of per row) when the statement that fired it ends
 // (row_batch_depth), before a utility command, before commit, or when the batch is full: the
-// next statement sees them. (Another trigger of the same statement that reads bunce.outbox may
-// not.) They are written in the subtransaction that made them: rows of a subtransaction that
+// next statement sees them. (Rows of a table with other AFTER triggers, which could look for
+// them, are written at once.) They are written in the subtransaction that made them: rows of a subtransaction that
 // commits go to its parent, those of one that aborts are dropped, and while an enclosing
 // subtransaction's rows wait, rows are written at once and the writer stays open as it is.
 // Their ids are taken when they are made, so the order of events is the same. Rows of
@@ -527,7 +528,7 @@ void flush_row_writer() {
 }
 
 void close_row_writer() {
-    if (!row_writer || holds_enclosing_rows(row_writer)) return;
+    if (!row_writer || holds_enclosing_rows(row_writer) || IsInParallelMode()) return;
     outbox_flush(row_writer);
     ResourceOwner save = CurrentResourceOwner;
     CurrentResourceOwner = TopTransactionResourceOwner;

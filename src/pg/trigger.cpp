@@ -13,6 +13,7 @@
 #include "trigger.hpp"
 
 extern "C" {
+#include "catalog/pg_trigger.h"
 #include "executor/executor.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -264,7 +265,7 @@ Jsonb *row_payload(TriggerSetup *s, TupleTableSlot *slot, RowPayload *p, CoreErr
     return JsonbValueToJsonb(pushJsonbValue(&p->state, WJB_END_OBJECT, nullptr));
 }
 
-void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, TriggerData *td) {
+void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, TriggerData *td, bool may_wait) {
     RowPayload p;
     CoreError err;
     Jsonb *jb = row_payload(s, slot, &p, err);
@@ -288,7 +289,21 @@ void enqueue_row(OutboxWriter *w, TriggerSetup *s, TupleTableSlot *slot, Trigger
         refuse_event(err, context, UUIDPGetDatum(&s->event_id), s->name_failed, text);
         return;
     }
-    outbox_insert(w, UUIDPGetDatum(&s->event_id), payload, true);
+    outbox_insert(w, UUIDPGetDatum(&s->event_id), payload, may_wait);
+}
+
+// Whether the table has no AFTER trigger but bunce's (and PostgreSQL's own, of foreign keys):
+// only then may a row's event wait in the row writer until the statement ends, as no other
+// trigger of the statement could look for it in bunce.outbox.
+bool only_bunce_after_triggers(TriggerData *td) {
+    const TriggerDesc *desc = td->tg_relation->trigdesc;
+    for (int i = 0; i < desc->numtriggers; i++) {
+        const Trigger *t = &desc->triggers[i];
+        if (TRIGGER_FOR_AFTER(t->tgtype) && !t->tgisinternal && t->tgenabled != TRIGGER_DISABLED &&
+            t->tgfoid != td->tg_trigger->tgfoid)
+            return false;
+    }
+    return true;
 }
 
 // The trigger function behind bunce_trigger(): one row, or a transition table's rows.
@@ -312,7 +327,7 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
         HeapTuple tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
         TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
         ExecStoreHeapTuple(tuple, slot, false);
-        enqueue_row(single_row_writer(), s, slot, td);
+        enqueue_row(single_row_writer(), s, slot, td, only_bunce_after_triggers(td));
         ExecDropSingleTupleTableSlot(slot);
         triggers_running--;
         return PointerGetDatum(nullptr);
@@ -326,7 +341,7 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
     tuplestore_rescan(rows);
     while (tuplestore_gettupleslot(rows, true, false, slot)) {
         MemoryContext old = MemoryContextSwitchTo(per_row);
-        enqueue_row(&w, s, slot, td);
+        enqueue_row(&w, s, slot, td, true);
         MemoryContextSwitchTo(old);
         MemoryContextReset(per_row);
         CHECK_FOR_INTERRUPTS();
