@@ -325,10 +325,24 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
 
     if (TRIGGER_FIRED_FOR_ROW(td->tg_event)) {
         HeapTuple tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
-        TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
+        // The setup's slot, made once over a copy of the descriptor (the setup goes with any
+        // change to the table); a call nested in another makes its own, that one may be using it.
+        TupleTableSlot *slot;
+        if (triggers_running > 1) {
+            slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
+        } else {
+            if (!s->row_slot) {
+                MemoryContext old = MemoryContextSwitchTo(s->cxt);
+                s->row_slot =
+                    MakeSingleTupleTableSlot(CreateTupleDescCopy(RelationGetDescr(td->tg_relation)), &TTSOpsHeapTuple);
+                MemoryContextSwitchTo(old);
+            }
+            slot = s->row_slot;
+        }
         ExecStoreHeapTuple(tuple, slot, false);
         enqueue_row(single_row_writer(), s, slot, td, only_bunce_after_triggers(td));
-        ExecDropSingleTupleTableSlot(slot);
+        ExecClearTuple(slot);
+        if (slot != s->row_slot) ExecDropSingleTupleTableSlot(slot);
         triggers_running--;
         return PointerGetDatum(nullptr);
     }

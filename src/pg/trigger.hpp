@@ -65,6 +65,7 @@ struct TriggerSetup {
     int nitems;
     LayoutItem *items;
     Column *columns;
+    TupleTableSlot *row_slot;  // for the rows of a row trigger, made at its first row
 };
 
 // bunce trigger calls under way in this backend (they can nest: a user type's output function

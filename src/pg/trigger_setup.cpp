@@ -334,6 +334,7 @@ TriggerSetup *trigger_setup(TriggerData *td) {
     // may still use it (then its memory is left be).
     if (found && triggers_running == 0) MemoryContextDelete(s->cxt);
     s->valid = false;
+    s->row_slot = nullptr;
     s->cxt = AllocSetContextCreate(CacheMemoryContext, "bunce trigger setup", ALLOCSET_SMALL_SIZES);
     build_setup(s, tg->tgname, tg->tgnargs, tg->tgargs, rel, false);
     s->valid = true;
