@@ -100,8 +100,8 @@ void executor_finish(QueryDesc *query) {
 ProcessUtility_hook_type prev_process_utility = nullptr;
 
 // Before any utility command (TRUNCATE, DROP, ALTER, another COPY): write the row writer's
-// waiting rows and let go of it (it would otherwise make a TRUNCATE or DROP of the outbox later in the same transaction
-// fail as "being used by active queries in this session").
+// waiting rows and let go of it (it would otherwise make a TRUNCATE or DROP of the outbox
+// later in the same transaction fail as "being used by active queries in this session").
 // A bunce trigger is checked when it is created, not when the business write first fires it;
 // an ALTER TABLE that breaks a trigger's mapping says so.
 void process_utility(PlannedStmt *pstmt, const char *query, bool read_only, ProcessUtilityContext context,

@@ -310,9 +310,10 @@ int64 block_next = 0, block_end = 0;
 // record and a buffer lock per page instead of per row) when the statement that fired it ends
 // (row_batch_depth), before a utility command, before commit, or when the batch is full: the
 // next statement sees them. (Rows of a table with other AFTER triggers, which could look for
-// them, are written at once.) They are written in the subtransaction that made them: rows of a subtransaction that
-// commits go to its parent, those of one that aborts are dropped, and while an enclosing
-// subtransaction's rows wait, rows are written at once and the writer stays open as it is.
+// them, are written at once.) They are written in the subtransaction that made them: rows of
+// a subtransaction that commits go to its parent, those of one that aborts are dropped, and
+// while an enclosing subtransaction's rows wait, rows are written at once and the writer stays
+// open as it is.
 // Their ids are taken when they are made, so the order of events is the same. Rows of
 // bunce_trigger() are written at once: a PL/pgSQL assignment runs no statement that would end.
 OutboxWriter *row_writer = nullptr;
