@@ -313,9 +313,9 @@ int64 block_next = 0, block_end = 0;
 // them, are written at once.) They are written in the subtransaction that made them: rows of
 // a subtransaction that commits go to its parent, those of one that aborts are dropped, and
 // while an enclosing subtransaction's rows wait, rows are written at once and the writer stays
-// open as it is.
-// Their ids are taken when they are made, so the order of events is the same. Rows of
-// bunce_trigger() are written at once: a PL/pgSQL assignment runs no statement that would end.
+// open as it is. Their ids are taken when they are made, so the order of events is the same.
+// Rows of bunce_trigger() are written at once: a PL/pgSQL assignment runs no statement that
+// would end.
 OutboxWriter *row_writer = nullptr;
 CommandId row_writer_cid = InvalidCommandId;
 

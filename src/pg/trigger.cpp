@@ -328,7 +328,8 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
         // The setup's slot, made once over a copy of the descriptor (the setup goes with any
         // change to the table); a call nested in another makes its own, that one may be using it.
         TupleTableSlot *slot;
-        if (triggers_running > 1) {
+        const bool own_slot = triggers_running > 1;
+        if (own_slot) {
             slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
         } else {
             if (!s->row_slot) {
@@ -342,7 +343,7 @@ Datum fire_trigger(FunctionCallInfo fcinfo) {
         ExecStoreHeapTuple(tuple, slot, false);
         enqueue_row(single_row_writer(), s, slot, td, only_bunce_after_triggers(td));
         ExecClearTuple(slot);
-        if (slot != s->row_slot) ExecDropSingleTupleTableSlot(slot);
+        if (own_slot) ExecDropSingleTupleTableSlot(slot);
         triggers_running--;
         return PointerGetDatum(nullptr);
     }
